@@ -1,0 +1,97 @@
+"""Settings from the environment: the only module that reads os.environ."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Defaults give the embedded mode: SQLite, a filesystem broker, local artifacts."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    data_dir: Path = Field(
+        Path("textclf-data"),
+        validation_alias="TEXTCLF_DATA_DIR",
+        description="Root of everything the embedded default keeps on disk.",
+    )
+    database_url: str = Field(
+        "", validation_alias="DATABASE_URL",
+        description="SQLAlchemy URL; empty means SQLite at DATA_DIR/textclf.db.",
+    )
+    celery_broker_url: str = Field(
+        "", validation_alias="CELERY_BROKER_URL",
+        description="Celery broker; empty means kombu's filesystem transport under DATA_DIR/broker.",
+    )
+    artifact_dir: Path | None = Field(
+        None, validation_alias="ARTIFACT_DIR",
+        description="Where datasets, models and checkpoints are written; default DATA_DIR/artifacts.",
+    )
+    # Redis re-delivers a message not acked within this many seconds; it must outlast the longest job.
+    broker_visibility_timeout: int = Field(
+        48 * 3600, ge=60, validation_alias="BROKER_VISIBILITY_TIMEOUT",
+        description="Seconds before Redis re-delivers an unacknowledged task.",
+    )
+
+    max_upload_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, validation_alias="MAX_UPLOAD_BYTES",
+        description="Largest request body accepted (413 above it).",
+    )
+    max_dataset_rows: int = Field(2_000_000, ge=10, validation_alias="MAX_DATASET_ROWS")
+    max_text_chars: int = Field(100_000, ge=10, validation_alias="MAX_TEXT_CHARS")
+    max_labels: int = Field(1_000, ge=2, validation_alias="MAX_LABELS")
+    max_predict_texts: int = Field(1_000, ge=1, validation_alias="MAX_PREDICT_TEXTS")
+    model_cache_size: int = Field(
+        8, ge=1, validation_alias="MODEL_CACHE_SIZE",
+        description="onnxruntime sessions kept per API process (least recently used evicted).",
+    )
+    ort_intra_op_threads: int = Field(
+        0, ge=0, validation_alias="ORT_INTRA_OP_THREADS",
+        description="onnxruntime threads per session; 0 means cores / API workers.",
+    )
+    api_workers: int = Field(2, ge=1, validation_alias="API_WORKERS",
+                             description="gunicorn workers started by `textclf serve`.")
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().absolute()
+        if self.artifact_dir is None:
+            self.artifact_dir = self.data_dir / "artifacts"
+        self.artifact_dir = self.artifact_dir.expanduser().absolute()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'textclf.db'}"
+        if not self.celery_broker_url:
+            self.celery_broker_url = "filesystem://"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of kombu's filesystem transport (embedded mode only)."""
+        return self.data_dir / "broker"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.artifact_dir / "datasets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.artifact_dir / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.artifact_dir / "jobs"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,57 @@
+"""The error vocabulary of the API and of failed jobs, and the JSON shape every error takes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class ErrorCode(StrEnum):
+    # request errors
+    bad_request = "bad_request"
+    invalid_json = "invalid_json"
+    validation_error = "validation_error"
+    invalid_dataset = "invalid_dataset"
+    not_found = "not_found"
+    method_not_allowed = "method_not_allowed"
+    conflict = "conflict"
+    model_not_ready = "model_not_ready"
+    payload_too_large = "payload_too_large"
+    unsupported_media_type = "unsupported_media_type"
+    unavailable = "unavailable"
+    internal = "internal"
+    # job-only codes, shown in GET /v1/jobs/{id}
+    dataset_missing = "dataset_missing"
+    training_diverged = "training_diverged"
+    onnx_parity_failed = "onnx_parity_failed"
+    cuda_unavailable = "cuda_unavailable"
+    training_error = "training_error"
+
+
+class ServiceError(Exception):
+    """An error with a stable code, an HTTP status and a message meant for the user."""
+
+    def __init__(self, code: ErrorCode, message: str, status: int = 400, details: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.details)
+
+
+def error_body(code: ErrorCode | str, message: str, details: Any = None) -> dict[str, Any]:
+    """The one JSON shape of every non-2xx reply."""
+    return {"error": {"code": str(code), "message": message, "details": details}}
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic errors without the submitted input (it may be huge) or doc URLs."""
+    return [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
