@@ -1,0 +1,30 @@
+"""textclf: train text classifiers on demand and serve them. `create_app` builds the Flask API."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings, get_settings
+
+__version__ = "0.1.0"
+
+
+def create_app(settings: Settings | None = None, *, session_factory: sessionmaker[Session] | None = None) -> Flask:
+    """The API. Tests pass their own settings and a connection-bound sessionmaker."""
+    from app import errors_http, extensions
+    from app.api import datasets, health, jobs, models, openapi
+
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    # Werkzeug answers 413 itself once a body passes this size, before a view reads it.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False
+    extensions.init_app(app, settings, session_factory=session_factory)
+    errors_http.init_app(app)
+    for module in (health, datasets, jobs, models, openapi):
+        app.register_blueprint(module.bp)
+    return app

@@ -1,0 +1,59 @@
+"""Small helpers the views share: JSON bodies, pagination, UUID path parts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+from flask import request
+from pydantic import BaseModel
+
+from app.errors import ErrorCode, ServiceError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_body() -> Any:
+    """The request's JSON, or a 400/415 naming what is wrong with it."""
+    if not request.is_json:
+        raise ServiceError(ErrorCode.unsupported_media_type, "Send a JSON body with Content-Type: application/json.",
+                           415)
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ServiceError(ErrorCode.invalid_json, "The request body is not valid JSON.", 400)
+    return data
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate `data` against `model`; pydantic's ValidationError becomes a 422 upstream."""
+    if not isinstance(data, dict):
+        raise ServiceError(ErrorCode.validation_error, "The request body must be a JSON object.", 422,
+                           [{"loc": [], "msg": "Input should be an object", "type": "dict_type"}])
+    return model.model_validate(data)
+
+
+def page_args(max_limit: int = 200) -> tuple[int, int]:
+    """`limit` and `offset` query parameters, validated."""
+    details = []
+    values = {}
+    for name, default, low, high in (("limit", 50, 1, max_limit), ("offset", 0, 0, 10**9)):
+        raw = request.args.get(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            details.append({"loc": ["query", name], "msg": f"must be an integer from {low} to {high}",
+                            "type": "value_error"})
+        values[name] = value
+    if details:
+        raise ServiceError(ErrorCode.validation_error, "Query parameters are invalid.", 422, details)
+    return values["limit"], values["offset"]
+
+
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    """A path id; anything that is not a UUID cannot exist, so it is a 404."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ServiceError(ErrorCode.not_found, f"No {what} with id {value!r}.", 404) from None

@@ -1,0 +1,115 @@
+"""Datasets: upload (file or JSON records), list, read, delete."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Blueprint, request
+from sqlalchemy import func, select
+
+from app import ingest
+from app.api.common import json_body, page_args, parse, parse_uuid
+from app.db import jobs
+from app.db.models import Dataset
+from app.errors import ErrorCode, ServiceError
+from app.extensions import get_session, state
+from app.spec import DatasetCreate, DatasetRead
+
+bp = Blueprint("datasets", __name__, url_prefix="/v1")
+log = logging.getLogger(__name__)
+
+# Raw uploads (curl --data-binary) name their format by content type.
+_RAW_TYPES = {"text/csv", "text/tab-separated-values", "application/x-ndjson", "application/jsonl",
+              "application/json-lines", "text/plain", "application/octet-stream"}
+
+
+def _limits() -> ingest.Limits:
+    s = state().settings
+    return ingest.Limits(max_rows=s.max_dataset_rows, max_text_chars=s.max_text_chars, max_labels=s.max_labels)
+
+
+def _read_upload() -> tuple[str, ingest.ParsedDataset]:
+    """Parse whichever of the three upload forms the request uses into (name, records)."""
+    text_column = request.values.get("text_column", "text")
+    label_column = request.values.get("label_column", "label")
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise ServiceError(ErrorCode.bad_request, "Multipart upload needs a 'file' part.", 400)
+        name = request.form.get("name") or Path(upload.filename or "dataset").stem or "dataset"
+        parsed = ingest.parse_upload(upload.read(), filename=upload.filename, content_type=upload.mimetype,
+                                     text_column=text_column, label_column=label_column, limits=_limits())
+        return name, parsed
+    if request.mimetype == "application/json":
+        body = parse(DatasetCreate, json_body())
+        records = [r.model_dump() for r in body.records]
+        return body.name, ingest.parse_records(records, limits=_limits())
+    if request.mimetype in _RAW_TYPES:
+        name = request.args.get("name") or "dataset"
+        parsed = ingest.parse_upload(request.get_data(), filename=request.args.get("filename"),
+                                     content_type=request.mimetype, text_column=text_column,
+                                     label_column=label_column, limits=_limits())
+        return name, parsed
+    raise ServiceError(ErrorCode.unsupported_media_type,
+                       "Upload a file as multipart/form-data (field 'file'), JSON records, or a raw CSV/TSV/JSONL "
+                       "body.", 415)
+
+
+@bp.post("/datasets")
+def create_dataset():
+    name, parsed = _read_upload()
+    if not 1 <= len(name) <= 200:
+        raise ServiceError(ErrorCode.validation_error, "name must be 1 to 200 characters.", 422,
+                           [{"loc": ["name"], "msg": "length must be 1 to 200", "type": "string_length"}])
+    dataset = Dataset(name=name, format=parsed.format, row_count=len(parsed.texts), labels=parsed.label_counts,
+                      sha256=parsed.sha256, warnings=parsed.warnings)
+    session = get_session()
+    session.add(dataset)
+    session.flush()
+    # The records file is written first and removed if the row cannot be committed: nothing half-stored.
+    path = state().settings.datasets_dir / f"{dataset.id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ingest.write_records(path, parsed)
+    try:
+        session.commit()
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    log.info("dataset %s stored: %d rows, %d labels", dataset.id, dataset.row_count, len(dataset.labels))
+    return DatasetRead.model_validate(dataset).model_dump(mode="json"), 201, {"Location": f"/v1/datasets/{dataset.id}"}
+
+
+@bp.get("/datasets")
+def list_datasets():
+    limit, offset = page_args()
+    session = get_session()
+    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
+    rows = session.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset))
+    items = [DatasetRead.model_validate(d).model_dump(mode="json") for d in rows]
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+def _dataset_or_404(dataset_id: str) -> Dataset:
+    dataset = jobs.get_dataset(session=get_session(), dataset_id=parse_uuid(dataset_id, "dataset"))
+    if dataset is None:
+        raise ServiceError(ErrorCode.not_found, f"No dataset with id {dataset_id}.", 404)
+    return dataset
+
+
+@bp.get("/datasets/<dataset_id>")
+def get_dataset(dataset_id: str):
+    return DatasetRead.model_validate(_dataset_or_404(dataset_id)).model_dump(mode="json")
+
+
+@bp.delete("/datasets/<dataset_id>")
+def delete_dataset(dataset_id: str):
+    dataset = _dataset_or_404(dataset_id)
+    session = get_session()
+    if jobs.dataset_in_use(session=session, dataset_id=dataset.id):
+        raise ServiceError(ErrorCode.conflict, "A queued or running job uses this dataset; wait for it or cancel it.",
+                           409)
+    session.delete(dataset)
+    session.commit()
+    (state().settings.datasets_dir / f"{dataset.id}.jsonl").unlink(missing_ok=True)
+    return "", 204

@@ -1,0 +1,64 @@
+"""Training jobs: create (enqueue), read with progress and history, list."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, request
+
+from app.api.common import json_body, page_args, parse, parse_uuid
+from app.db import jobs
+from app.db.models import TrainingJob
+from app.errors import ErrorCode, ServiceError
+from app.extensions import get_session, state
+from app.spec import JobRead, JobStatus, TrainingSpec
+from app.tasks import TRAIN_TASK
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1")
+log = logging.getLogger(__name__)
+
+
+def job_json(job: TrainingJob) -> dict:
+    return JobRead.model_validate(job).model_dump(mode="json")
+
+
+@bp.post("/jobs")
+def create_job():
+    spec = parse(TrainingSpec, json_body())
+    session = get_session()
+    if jobs.get_dataset(session=session, dataset_id=spec.dataset_id) is None:
+        raise ServiceError(ErrorCode.validation_error, f"No dataset with id {spec.dataset_id}.", 422,
+                           [{"loc": ["dataset_id"], "msg": "dataset not found", "type": "not_found"}])
+    job = jobs.create_job(session=session, spec=spec)
+    session.commit()
+    # Enqueue only after commit, so the worker always finds the row. The task id is the job id.
+    try:
+        state().celery.send_task(TRAIN_TASK, args=[str(job.id)], task_id=str(job.id))
+    except Exception:
+        log.exception("could not enqueue job %s", job.id)
+        session.delete(job)
+        session.commit()
+        raise ServiceError(ErrorCode.unavailable, "The job queue is unavailable; nothing was queued. Try again.",
+                           503) from None
+    log.info("job %s queued on dataset %s", job.id, spec.dataset_id)
+    return job_json(job), 202, {"Location": f"/v1/jobs/{job.id}"}
+
+
+@bp.get("/jobs")
+def list_jobs():
+    limit, offset = page_args()
+    status = request.args.get("status")
+    if status is not None and status not in JobStatus.__members__:
+        raise ServiceError(ErrorCode.validation_error, "Unknown status filter.", 422,
+                           [{"loc": ["query", "status"], "msg": f"must be one of {', '.join(JobStatus)}",
+                             "type": "enum"}])
+    rows, total = jobs.list_jobs(session=get_session(), status=status, limit=limit, offset=offset)
+    return {"items": [job_json(j) for j in rows], "total": total, "limit": limit, "offset": offset}
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    job = jobs.get_job(session=get_session(), job_id=parse_uuid(job_id, "job"))
+    if job is None:
+        raise ServiceError(ErrorCode.not_found, f"No job with id {job_id}.", 404)
+    return job_json(job)

@@ -1,0 +1,128 @@
+"""Models, aliases and predictions."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Blueprint, request
+
+from app.api.common import json_body, page_args, parse, parse_uuid
+from app.db import jobs, registry
+from app.db.models import Model
+from app.errors import ErrorCode, ServiceError
+from app.extensions import get_session, state
+from app.spec import AliasRead, AliasSet, ModelRead, PredictRequest
+
+bp = Blueprint("models", __name__, url_prefix="/v1")
+log = logging.getLogger(__name__)
+
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def model_json(model: Model) -> dict:
+    body = ModelRead.model_validate(model)
+    loaded = state().predictors.loaded(model.id)
+    return body.model_copy(update={"providers": loaded.providers if loaded else None}).model_dump(mode="json")
+
+
+def _model_or_404(model_id: str) -> Model:
+    uid = parse_uuid(model_id, "model")
+    session = get_session()
+    model = registry.get_model(session=session, model_id=uid)
+    if model is None:
+        job = jobs.get_job(session=session, job_id=uid)
+        if job is not None:  # a job id: its model is not there yet (or never will be)
+            raise ServiceError(ErrorCode.model_not_ready, f"Job {uid} is {job.status}; it has no model yet.", 409,
+                               {"job_status": job.status})
+        raise ServiceError(ErrorCode.not_found, f"No model with id {model_id}.", 404)
+    return model
+
+
+@bp.get("/models")
+def list_models():
+    limit, offset = page_args()
+    rows, total = registry.list_models(session=get_session(), limit=limit, offset=offset)
+    return {"items": [model_json(m) for m in rows], "total": total, "limit": limit, "offset": offset}
+
+
+@bp.get("/models/<model_id>")
+def get_model(model_id: str):
+    return model_json(_model_or_404(model_id))
+
+
+def _predict(model: Model):
+    body = parse(PredictRequest, json_body())
+    settings = state().settings
+    if len(body.texts) > settings.max_predict_texts:
+        raise ServiceError(ErrorCode.validation_error,
+                           f"At most {settings.max_predict_texts} texts per request (MAX_PREDICT_TEXTS).", 422,
+                           [{"loc": ["texts"], "msg": "too many texts", "type": "too_long"}])
+    too_long = [i for i, t in enumerate(body.texts) if len(t) > settings.max_text_chars]
+    if too_long:
+        raise ServiceError(ErrorCode.validation_error,
+                           f"Texts longer than {settings.max_text_chars} characters (MAX_TEXT_CHARS).", 422,
+                           [{"loc": ["texts", i], "msg": "text too long", "type": "too_long"} for i in too_long[:10]])
+    try:
+        predictor = state().predictors.get(model.id)
+    except FileNotFoundError:
+        log.error("artifacts of model %s are missing", model.id)
+        raise ServiceError(ErrorCode.model_not_ready, "The model's artifacts are not available on this server.",
+                           409) from None
+    predictions = predictor.predict(body.texts, top_k=body.top_k)
+    return {"model_id": str(model.id), "predictions": predictions}
+
+
+@bp.post("/models/<model_id>/predict")
+def predict_with_model(model_id: str):
+    return _predict(_model_or_404(model_id))
+
+
+@bp.post("/predict")
+def predict_default():
+    session = get_session()
+    alias = request.args.get("alias")
+    if alias:
+        model = registry.resolve_alias(session=session, name=alias)
+        if model is None:
+            raise ServiceError(ErrorCode.not_found, f"No alias named {alias!r}.", 404)
+    else:
+        model = registry.default_model(session=session)
+        if model is None:
+            raise ServiceError(ErrorCode.model_not_ready, "No model has been trained yet.", 409)
+    return _predict(model)
+
+
+@bp.get("/aliases")
+def list_aliases():
+    rows = registry.list_aliases(session=get_session())
+    return {"items": [AliasRead.model_validate(a).model_dump(mode="json") for a in rows]}
+
+
+def _check_alias_name(name: str) -> None:
+    if not re.match(ALIAS_PATTERN, name):
+        raise ServiceError(ErrorCode.validation_error, "Alias names are 1-64 letters, digits, '_', '.' or '-'.", 422,
+                           [{"loc": ["path", "name"], "msg": "invalid alias name", "type": "pattern"}])
+
+
+@bp.put("/aliases/<name>")
+def set_alias(name: str):
+    _check_alias_name(name)
+    body = parse(AliasSet, json_body())
+    session = get_session()
+    if registry.get_model(session=session, model_id=body.model_id) is None:
+        raise ServiceError(ErrorCode.validation_error, f"No model with id {body.model_id}.", 422,
+                           [{"loc": ["model_id"], "msg": "model not found", "type": "not_found"}])
+    alias = registry.set_alias(session=session, name=name, model_id=body.model_id)
+    session.commit()
+    return AliasRead.model_validate(alias).model_dump(mode="json")
+
+
+@bp.delete("/aliases/<name>")
+def delete_alias(name: str):
+    _check_alias_name(name)
+    session = get_session()
+    if not registry.delete_alias(session=session, name=name):
+        raise ServiceError(ErrorCode.not_found, f"No alias named {name!r}.", 404)
+    session.commit()
+    return "", 204

@@ -1,0 +1,48 @@
+"""The Celery application both sides share: the API sends with it, the worker consumes with it."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.config import Settings
+from app.tasks import TRAINING_QUEUE
+
+
+def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
+    """A Celery app configured for long training jobs where the database, not Celery, holds job state."""
+    celery = Celery("textclf", broker=settings.celery_broker_url, include=include or [])
+    transport_options: dict = {}
+    if settings.celery_broker_url.startswith("filesystem"):
+        # Embedded default: kombu's filesystem transport needs no server. Both folders are the same so
+        # producer and consumer meet; a short polling interval keeps job start latency low.
+        folder = settings.broker_dir / "queue"
+        processed = settings.broker_dir / "processed"
+        folder.mkdir(parents=True, exist_ok=True)
+        processed.mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder), "data_folder_out": str(folder),
+            "processed_folder": str(processed), "store_processed": False, "polling_interval": 0.2,
+        }
+    else:
+        # Redis re-delivers any message not acked within visibility_timeout; with acks_late a running job
+        # would get a second copy. Keep it longer than any job may run (celery#5935).
+        transport_options = {"visibility_timeout": settings.broker_visibility_timeout}
+    celery.conf.update(
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        # A job is acknowledged when it ends, and re-queued if its process dies; the attempt counter in the
+        # database stops an always-crashing job from looping.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # A fresh process per job: GPU memory and torch state are returned to the system for certain.
+        worker_max_tasks_per_child=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_ignore_result=True,
+        task_default_queue=TRAINING_QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+    )
+    return celery

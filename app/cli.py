@@ -1,0 +1,136 @@
+"""The `textclf` command: run the service (serve, api, worker, migrate)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+from rich.console import Console
+
+from app.config import get_settings
+
+console = Console(stderr=True)
+
+
+@click.group()
+@click.version_option(package_name="textclf")
+def main() -> None:
+    """textclf: train text classifiers on demand and serve them."""
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations (alembic upgrade head)."""
+    from app.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    console.print("[green]database is at the newest schema[/green]")
+
+
+def worker_command(settings) -> list[str]:
+    """The Celery worker command line: one job at a time, a fresh process per job."""
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+           "--concurrency", "1", "--max-tasks-per-child", "1"]
+    if settings.celery_broker_url.startswith("filesystem"):
+        # The filesystem transport has no fan-out exchange: gossip, mingle and heartbeats have nothing to ride on.
+        cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return cmd
+
+
+def api_command(settings, host: str, port: int) -> list[str]:
+    """The gunicorn command line for the API (no --preload: onnxruntime sessions are made after the fork)."""
+    return [sys.executable, "-m", "gunicorn", "--workers", str(settings.api_workers), "--bind", f"{host}:{port}",
+            "--timeout", "60", "app:create_app()"]
+
+
+@main.command()
+def worker() -> None:
+    """Run a Celery training worker (production: one per GPU)."""
+    os.execv(sys.executable, worker_command(get_settings()))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--no-worker", is_flag=True, help="Serve the API only (workers run elsewhere).")
+def serve(host: str, port: int, no_worker: bool) -> None:
+    """Run the whole service: migrations, the API under gunicorn and a training worker, restarted if they die."""
+    from app.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.artifact_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    database = "SQLite at " + settings.database_url.removeprefix("sqlite:///") if settings.is_sqlite else "PostgreSQL"
+    console.print(f"[bold]textclf[/bold] on http://{host}:{port}  database: {database}  "
+                  f"broker: {settings.celery_broker_url.split('://')[0]}  artifacts: {settings.artifact_dir}")
+    # Children read the same settings from the environment; pin the resolved paths so a different cwd agrees.
+    env = {**os.environ, "TEXTCLF_DATA_DIR": str(settings.data_dir), "DATABASE_URL": settings.database_url,
+           "CELERY_BROKER_URL": settings.celery_broker_url, "ARTIFACT_DIR": str(settings.artifact_dir)}
+    commands = {"api": api_command(settings, host, port)}
+    if not no_worker:
+        commands["worker"] = worker_command(settings)
+    Supervisor(commands, env).run()
+
+
+class Supervisor:
+    """Keeps child processes running: restarts one that dies, stops all on SIGINT/SIGTERM."""
+
+    def __init__(self, commands: dict[str, list[str]], env: dict[str, str]):
+        self.commands = commands
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.stopping = False
+
+    def start(self, name: str) -> None:
+        self.procs[name] = subprocess.Popen(self.commands[name], env=self.env)
+        console.print(f"started {name} (pid {self.procs[name].pid})")
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        for name in self.commands:
+            self.start(name)
+        restarts: dict[str, list[float]] = {name: [] for name in self.commands}
+        try:
+            while not self.stopping:
+                time.sleep(0.5)
+                for name, proc in list(self.procs.items()):
+                    code = proc.poll()
+                    if code is None or self.stopping:
+                        continue
+                    now = time.monotonic()
+                    recent = [t for t in restarts[name] if now - t < 60] + [now]
+                    restarts[name] = recent
+                    # Back off when a child keeps dying at start (bad config), instead of spinning.
+                    delay = min(30.0, 0.5 * 2 ** (len(recent) - 1))
+                    console.print(f"[yellow]{name} exited with {code}; restarting in {delay:.1f}s[/yellow]")
+                    time.sleep(delay)
+                    if not self.stopping:
+                        self.start(name)
+        finally:
+            self.shutdown()
+
+    def _stop(self, signum, _frame) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 20
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        console.print("textclf stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Training-job data functions. They add and flush; the caller owns the transaction."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Dataset, TrainingJob
+from app.spec import JobStatus, TrainingSpec
+
+ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
+
+
+def create_job(*, session: Session, spec: TrainingSpec) -> TrainingJob:
+    """A queued job for `spec` (the dataset must exist: the caller checked)."""
+    job = TrainingJob(
+        dataset_id=spec.dataset_id,
+        status=JobStatus.queued,
+        spec=spec.model_dump(mode="json"),
+        progress={"stage": "queued", "total_epochs": spec.epochs},
+        history=[],
+        attempts=0,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(*, session: Session, job_id: uuid.UUID) -> TrainingJob | None:
+    return session.get(TrainingJob, job_id)
+
+
+def list_jobs(*, session: Session, status: str | None, limit: int, offset: int) -> tuple[list[TrainingJob], int]:
+    """A page of jobs, newest first, and the total matching count."""
+    query = select(TrainingJob)
+    if status:
+        query = query.where(TrainingJob.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(TrainingJob.created_at.desc(), TrainingJob.id).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def dataset_in_use(*, session: Session, dataset_id: uuid.UUID) -> bool:
+    """True while a queued or running job reads the dataset."""
+    query = select(TrainingJob.id).where(
+        TrainingJob.dataset_id == dataset_id, TrainingJob.status.in_(ACTIVE_STATUSES)).limit(1)
+    return session.scalar(query) is not None
+
+
+def claim_job(*, session: Session, job_id: uuid.UUID, worker_id: str) -> bool:
+    """Move a queued job to running. False when another delivery already took it (or it ended)."""
+    now = utcnow()
+    result = session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.queued)
+        .values(status=JobStatus.running, attempts=TrainingJob.attempts + 1, worker_id=worker_id,
+                started_at=now, heartbeat_at=now,
+                progress={"stage": "starting"}, error_code=None, error_message=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def update_progress(*, session: Session, job_id: uuid.UUID, progress: dict[str, Any],
+                    history: list[dict[str, Any]] | None = None, device: str | None = None) -> str | None:
+    """Record progress on a running job; returns the job's status (the worker checks it for cancellation)."""
+    values: dict[str, Any] = {"progress": progress, "heartbeat_at": utcnow()}
+    if history is not None:
+        values["history"] = history
+    if device is not None:
+        values["device"] = device
+    session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.running)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return session.scalar(select(TrainingJob.status).where(TrainingJob.id == job_id))
+
+
+def finish_job(*, session: Session, job_id: uuid.UUID, status: JobStatus, metrics: dict[str, Any] | None = None,
+               model_id: uuid.UUID | None = None, error_code: str | None = None,
+               error_message: str | None = None, progress: dict[str, Any] | None = None) -> bool:
+    """Move a running job to a terminal status; False if it was no longer running."""
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
+    if metrics is not None:
+        values["metrics"] = metrics
+    if model_id is not None:
+        values["model_id"] = model_id
+    if error_code is not None:
+        values.update(error_code=error_code, error_message=error_message)
+    if progress is not None:
+        values["progress"] = progress
+    result = session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.running)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def get_dataset(*, session: Session, dataset_id: uuid.UUID) -> Dataset | None:
+    return session.get(Dataset, dataset_id)

@@ -1,0 +1,87 @@
+"""The tables: datasets, training jobs, models and aliases."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db.base import Base, JSONType, UTCDateTime, utcnow
+from app.spec import JobStatus
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(16))
+    row_count: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[dict[str, int]] = mapped_column(JSONType)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TrainingJob(Base):
+    __tablename__ = "training_jobs"
+    __table_args__ = (Index("ix_training_jobs_status_created_at", "status", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # SET NULL: a finished job outlives its dataset; a running one blocks the delete (API checks).
+    dataset_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    device: Mapped[str | None] = mapped_column(String(64))
+    model_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        if self.error_code is None:
+            return None
+        return {"code": self.error_code, "message": self.error_message or ""}
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id"), unique=True)
+    dataset_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    labels: Mapped[list[str]] = mapped_column(JSONType)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    artifacts: Mapped[dict[str, int]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    alias_rows: Mapped[list[ModelAlias]] = relationship(back_populates="model", lazy="selectin")
+
+    @property
+    def aliases(self) -> list[str]:
+        return sorted(a.name for a in self.alias_rows)
+
+
+class ModelAlias(Base):
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    model: Mapped[Model] = relationship(back_populates="alias_rows")

@@ -1,0 +1,31 @@
+"""Engines and sessions for PostgreSQL (production) and SQLite (embedded default)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str) -> Engine:
+    """An engine tuned for the database behind `url`."""
+    if url.startswith("sqlite"):
+        # The API and the worker are separate processes sharing one file: WAL lets readers run beside
+        # the writer, and busy_timeout makes a writer wait instead of failing with "database is locked".
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    # pre_ping: a connection dropped by a PostgreSQL restart is replaced, not handed to a request.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after commit (views serialise after committing)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)

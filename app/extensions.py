@@ -1,0 +1,54 @@
+"""Per-process state of the API: settings, database sessions, the Celery client and loaded models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from celery import Celery
+from flask import Flask, current_app, g
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.broker import make_celery
+from app.config import Settings
+from app.db.session import make_engine, make_sessionmaker
+from app.predictors import PredictorCache
+
+
+@dataclass
+class State:
+    settings: Settings
+    session_factory: sessionmaker[Session]
+
+    @cached_property
+    def celery(self) -> Celery:
+        return make_celery(self.settings)
+
+    @cached_property
+    def predictors(self) -> PredictorCache:
+        # Created lazily, so sessions are made in each gunicorn worker after the fork.
+        return PredictorCache(self.settings)
+
+
+def init_app(app: Flask, settings: Settings, *, session_factory: sessionmaker[Session] | None) -> None:
+    if session_factory is None:
+        session_factory = make_sessionmaker(make_engine(settings.database_url))
+    app.extensions["textclf"] = State(settings=settings, session_factory=session_factory)
+    app.teardown_appcontext(_close_session)
+
+
+def state() -> State:
+    return current_app.extensions["textclf"]
+
+
+def get_session() -> Session:
+    """One session per app context; teardown closes it, rolling back whatever was not committed."""
+    if "db_session" not in g:
+        g.db_session = state().session_factory()
+    return g.db_session
+
+
+def _close_session(_exc: BaseException | None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()

@@ -1,0 +1,80 @@
+"""Word-level tokenizer: fit on training texts, encode batches to padded id arrays. NO torch import.
+
+The API serves with this module too, so it depends only on numpy and HF `tokenizers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from app.spec import TokenizerSpec
+
+PAD_ID = 0
+UNK_ID = 1
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+# Shortest batch width we emit: the widest default TextCNN kernel is 5 tokens, so a batch of one-word texts
+# still fills at least one full convolution window.
+MIN_TOKENS = 5
+
+
+def fit_tokenizer(texts: Iterable[str], spec: TokenizerSpec) -> Tokenizer:
+    """Train a word-level vocabulary (most frequent words first) on `texts`."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+    # NFKC folds look-alike code points (full-width letters, ligatures) so they share one vocabulary entry.
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if spec.lowercase else [])
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    # Whitespace splits on \w+|[^\w\s]+, so "Paris?" gives "Paris" and "?": question marks carry signal.
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        special_tokens=[PAD_TOKEN, UNK_TOKEN],  # list order fixes the ids: PAD_ID=0, UNK_ID=1
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    assert tokenizer.token_to_id(PAD_TOKEN) == PAD_ID and tokenizer.token_to_id(UNK_TOKEN) == UNK_ID
+    return tokenizer
+
+
+class TextEncoder:
+    """Turns a batch of texts into right-padded int64 `input_ids` and `attention_mask` arrays."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, min_length: int = MIN_TOKENS) -> None:
+        if not 1 <= min_length <= max_length:
+            raise ValueError(f"need 1 <= min_length ({min_length}) <= max_length ({max_length})")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.min_length = min_length
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_length: int) -> TextEncoder:
+        """Load a tokenizer.json written by `save`."""
+        return cls(Tokenizer.from_file(str(path)), max_length)
+
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer as tokenizer.json (vocabulary, normalizer and pre-tokenizer included)."""
+        self.tokenizer.save(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (the embedding table's height)."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return (input_ids, attention_mask), int64 [B, T], T = longest text clipped to [min_length, max_length]."""
+        # encode_batch runs in Rust on all cores; truncation and padding are cheaper done here with numpy
+        # than by mutating the shared tokenizer's settings per call.
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        rows = [enc.ids[: self.max_length] for enc in encodings]
+        width = min(max([self.min_length, *map(len, rows)]), self.max_length)
+        input_ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, ids in enumerate(rows):
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+        return input_ids, attention_mask

@@ -1,0 +1,132 @@
+"""The OpenAPI 3.1 document, built from the same pydantic schemas the views validate with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from app import __version__
+from app.spec import (AliasRead, AliasSet, DatasetCreate, DatasetRead, JobRead, ModelRead, PredictRequest,
+                      PredictResponse, TrainingSpec)
+
+_MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, PredictRequest,
+                                  PredictResponse, AliasSet, AliasRead]
+REF = "#/components/schemas/{model}"
+
+_ERROR = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+    }},
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): {"description": "Error", **_json(_ref("Error"))} for s in statuses}
+
+
+def _page(item: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"items": {"type": "array", "items": _ref(item)},
+                                             "total": {"type": "integer"}, "limit": {"type": "integer"},
+                                             "offset": {"type": "integer"}}}
+
+
+def _path_id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+
+
+_PAGING = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}]
+
+
+def component_schemas() -> dict[str, Any]:
+    """JSON schemas of every body, keyed by model name."""
+    _, top = models_json_schema([(m, "serialization" if m.__name__.endswith(("Read", "Response")) else "validation")
+                                 for m in _MODELS], ref_template=REF)
+    schemas = dict(top.get("$defs", {}))
+    schemas["Error"] = _ERROR
+    return schemas
+
+
+def build_openapi() -> dict[str, Any]:
+    """The whole document served at /openapi.json."""
+    upload_schema = {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "name": {"type": "string"},
+        "text_column": {"type": "string"}, "label_column": {"type": "string"}}}
+    paths = {
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+        "/readyz": {"get": {"summary": "Readiness: database and broker reachable",
+                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+        "/v1/datasets": {
+            "post": {"summary": "Upload a labelled dataset", "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": upload_schema},
+                "application/json": {"schema": _ref("DatasetCreate")},
+                "text/csv": {"schema": {"type": "string"}}}},
+                "responses": {"201": {"description": "Stored", **_json(_ref("DatasetRead"))},
+                              **_errors(400, 413, 415, 422)}},
+            "get": {"summary": "List datasets", "parameters": _PAGING,
+                    "responses": {"200": {"description": "A page", **_json(_page("DatasetRead"))}, **_errors(422)}},
+        },
+        "/v1/datasets/{dataset_id}": {
+            "parameters": [_path_id("dataset_id")],
+            "get": {"summary": "A dataset", "responses": {"200": {"description": "Found", **_json(_ref("DatasetRead"))},
+                                                         **_errors(404)}},
+            "delete": {"summary": "Delete a dataset", "responses": {"204": {"description": "Deleted"},
+                                                                    **_errors(404, 409)}},
+        },
+        "/v1/jobs": {
+            "post": {"summary": "Start training", "requestBody": {"required": True, **_json(_ref("TrainingSpec"))},
+                     "responses": {"202": {"description": "Queued", **_json(_ref("JobRead"))},
+                                   **_errors(400, 415, 422, 503)}},
+            "get": {"summary": "List jobs", "parameters": [*_PAGING, {"name": "status", "in": "query", "schema": {
+                "type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}}],
+                "responses": {"200": {"description": "A page", **_json(_page("JobRead"))}, **_errors(422)}},
+        },
+        "/v1/jobs/{job_id}": {"parameters": [_path_id("job_id")], "get": {
+            "summary": "A job with progress, history and metrics",
+            "responses": {"200": {"description": "Found", **_json(_ref("JobRead"))}, **_errors(404)}}},
+        "/v1/models": {"get": {"summary": "List models", "parameters": _PAGING, "responses": {
+            "200": {"description": "A page", **_json(_page("ModelRead"))}, **_errors(422)}}},
+        "/v1/models/{model_id}": {"parameters": [_path_id("model_id")], "get": {
+            "summary": "A model", "responses": {"200": {"description": "Found", **_json(_ref("ModelRead"))},
+                                                **_errors(404, 409)}}},
+        "/v1/models/{model_id}/predict": {"parameters": [_path_id("model_id")], "post": {
+            "summary": "Classify texts with this model",
+            "requestBody": {"required": True, **_json(_ref("PredictRequest"))},
+            "responses": {"200": {"description": "Labels", **_json(_ref("PredictResponse"))},
+                          **_errors(400, 404, 409, 415, 422)}}},
+        "/v1/predict": {"post": {
+            "summary": "Classify texts with the default model (or ?alias=)",
+            "parameters": [{"name": "alias", "in": "query", "schema": {"type": "string"}}],
+            "requestBody": {"required": True, **_json(_ref("PredictRequest"))},
+            "responses": {"200": {"description": "Labels", **_json(_ref("PredictResponse"))},
+                          **_errors(400, 404, 409, 415, 422)}}},
+        "/v1/aliases": {"get": {"summary": "List aliases", "responses": {"200": {"description": "Aliases"}}}},
+        "/v1/aliases/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "put": {"summary": "Point an alias at a model",
+                    "requestBody": {"required": True, **_json(_ref("AliasSet"))},
+                    "responses": {"200": {"description": "Set", **_json(_ref("AliasRead"))},
+                                  **_errors(400, 415, 422)}},
+            "delete": {"summary": "Remove an alias", "responses": {"204": {"description": "Removed"},
+                                                                   **_errors(404, 422)}},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "textclf", "version": __version__,
+                 "description": "Train text classifiers on demand and serve them."},
+        "paths": paths,
+        "components": {"schemas": component_schemas()},
+    }

@@ -1,0 +1,54 @@
+"""A bounded, thread-safe cache of loaded models (one onnxruntime session per model per process)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import OrderedDict
+
+from app.config import Settings
+from app.ml.predictor import OnnxPredictor
+
+
+class PredictorCache:
+    """Least-recently-used predictors keyed by model id; loading happens outside the lock's fast path."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.capacity = settings.model_cache_size
+        self._items: OrderedDict[uuid.UUID, OnnxPredictor] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[uuid.UUID, threading.Lock] = {}
+
+    def _threads(self) -> int:
+        # Share the cores between the API's worker processes; spinning threads would fight each other.
+        if self.settings.ort_intra_op_threads:
+            return self.settings.ort_intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.settings.api_workers)
+
+    def get(self, model_id: uuid.UUID) -> OnnxPredictor:
+        """The predictor for `model_id`, loaded and warmed on first use. Raises FileNotFoundError."""
+        with self._lock:
+            predictor = self._items.get(model_id)
+            if predictor is not None:
+                self._items.move_to_end(model_id)
+                return predictor
+            load_lock = self._loading.setdefault(model_id, threading.Lock())
+        with load_lock:  # one load per model even when many requests arrive at once
+            with self._lock:
+                if model_id in self._items:
+                    return self._items[model_id]
+            predictor = OnnxPredictor(self.settings.models_dir / str(model_id), intra_op_threads=self._threads())
+            predictor.warm_up()
+            with self._lock:
+                self._items[model_id] = predictor
+                self._items.move_to_end(model_id)
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
+                self._loading.pop(model_id, None)
+            return predictor
+
+    def loaded(self, model_id: uuid.UUID) -> OnnxPredictor | None:
+        with self._lock:
+            return self._items.get(model_id)

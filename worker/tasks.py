@@ -1,0 +1,19 @@
+"""Thin Celery tasks; the work lives in worker.training."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.exc import OperationalError
+
+from app.tasks import TRAIN_TASK
+from worker.celery_app import SessionLocal, celery, settings
+from worker.training import run_training
+
+
+@celery.task(name=TRAIN_TASK, bind=True, acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True,
+             max_retries=5)
+def train_model(self, job_id: str) -> str:
+    """Train the job `job_id` (the database row is the source of truth; the message carries only the id)."""
+    return run_training(sessionmaker=SessionLocal, settings=settings, job_id=uuid.UUID(job_id),
+                        worker_id=self.request.hostname or "worker")

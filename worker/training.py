@@ -1,0 +1,199 @@
+"""One training job from claim to registered model: the orchestration around worker.ml."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import ingest
+from app.config import Settings
+from app.db import jobs
+from app.db.models import Model
+from app.errors import ErrorCode
+from app.spec import JobStatus, TrainingSpec
+
+log = logging.getLogger(__name__)
+
+# Progress is written at most this often (plus at every epoch end), so a fast loop doesn't hammer the database.
+PROGRESS_INTERVAL_S = 2.0
+# Validation texts used by the ONNX parity check.
+PARITY_SAMPLE = 64
+
+
+class JobFailed(Exception):
+    """A failure that belongs to the job (bad data, divergence, parity), not to the infrastructure."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.UUID,
+                 worker_id: str = "worker") -> str:
+    """Claim, train, export, check and register; returns the job's final status (or 'skipped')."""
+    with sessionmaker.begin() as session:
+        if not jobs.claim_job(session=session, job_id=job_id, worker_id=f"{worker_id}:{os.getpid()}"):
+            log.info("job %s: not queued any more, skipping this delivery", job_id)
+            return "skipped"
+        job = jobs.get_job(session=session, job_id=job_id)
+        spec = TrainingSpec.model_validate(job.spec)  # never trust a stored dict
+    log.info("job %s: claimed", job_id)
+    try:
+        model_id, metrics = _train_and_register(sessionmaker, settings, job_id, spec)
+    except JobFailed as exc:
+        log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
+        _fail(sessionmaker, job_id, exc.code, exc.message)
+        return JobStatus.failed
+    except OperationalError:
+        raise  # infrastructure: Celery retries the task
+    except Exception as exc:
+        log.exception("job %s: unexpected error", job_id)
+        _fail(sessionmaker, job_id, ErrorCode.training_error, f"Training failed unexpectedly ({type(exc).__name__}).")
+        return JobStatus.failed
+    log.info("job %s succeeded: model %s, val accuracy %.4f", job_id, model_id, metrics.get("val_accuracy", 0.0))
+    return JobStatus.succeeded
+
+
+def _fail(sm: sessionmaker[Session], job_id: uuid.UUID, code: ErrorCode, message: str) -> None:
+    with sm.begin() as session:
+        jobs.finish_job(session=session, job_id=job_id, status=JobStatus.failed, error_code=code,
+                        error_message=message, progress={"stage": "failed"})
+
+
+def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: uuid.UUID,
+                        spec: TrainingSpec) -> tuple[uuid.UUID, dict[str, Any]]:
+    # torch is imported here, inside the task process, never in the Celery parent (CUDA and fork don't mix).
+    import torch
+
+    from worker.ml.export import ParityError, check_parity, export_onnx
+    from worker.ml.train import CudaUnavailable, TrainingCancelled, TrainingDiverged, resolve_device, train
+
+    # data
+    path = settings.datasets_dir / f"{spec.dataset_id}.jsonl"
+    if not path.exists():
+        raise JobFailed(ErrorCode.dataset_missing, f"Dataset {spec.dataset_id} is gone; upload it again.")
+    texts, labels = ingest.read_records(path)
+    label_names = sorted(set(labels))
+    try:
+        device = resolve_device(spec.device)
+    except CudaUnavailable:
+        raise JobFailed(ErrorCode.cuda_unavailable, "The spec asks for CUDA but this worker has no usable GPU.") \
+            from None
+    device_name = _describe(device, torch)
+    _write_progress(sm, job_id, {"stage": "training", "total_epochs": spec.epochs}, device=device_name)
+
+    # train
+    last_write, epochs_written = 0.0, 0
+
+    def on_progress(progress: dict[str, Any]) -> None:
+        nonlocal last_write, epochs_written
+        history = progress.get("history") or []
+        now = time.monotonic()
+        if len(history) == epochs_written and now - last_write < PROGRESS_INTERVAL_S:
+            return
+        last_write, epochs_written = now, len(history)
+        _write_progress(sm, job_id, {k: v for k, v in progress.items() if k != "history"}, history=history)
+
+    try:
+        result = train(spec, texts, labels, label_names=label_names, device=device, on_progress=on_progress,
+                       should_stop=lambda: False)
+    except TrainingDiverged as exc:
+        raise JobFailed(ErrorCode.training_diverged,
+                        f"The loss became NaN or infinite ({exc}); lower the learning rate or clip gradients.") \
+            from None
+    except TrainingCancelled:
+        raise JobFailed(ErrorCode.training_error, "Training was stopped.") from None
+
+    # export: into a private folder first, renamed into place only once complete and checked
+    _write_progress(sm, job_id, {**_last_progress(result, spec), "stage": "exporting"})
+    model_id = uuid.uuid4()
+    final_dir = settings.models_dir / str(model_id)
+    work_dir = settings.models_dir / f".tmp-{model_id}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        export_onnx(result.model, work_dir / "model.onnx", vocab_size=result.encoder.vocab_size)
+        result.encoder.save(work_dir / "tokenizer.json")
+        (work_dir / "labels.json").write_text(json.dumps(label_names, ensure_ascii=False))
+        (work_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+        try:
+            parity = check_parity(result.model, work_dir / "model.onnx", result.encoder,
+                                  _validation_texts(texts, labels, label_names, spec))
+        except ParityError as exc:
+            raise JobFailed(ErrorCode.onnx_parity_failed, f"onnxruntime disagrees with torch: {exc}") from None
+        metrics = {**_flat_metrics(result.metrics), "onnx_parity": parity, "device": device_name}
+        (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        os.replace(work_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+
+    # register: model row and job status in one transaction
+    artifacts = {p.name: p.stat().st_size for p in sorted(final_dir.iterdir())}
+    try:
+        with sm.begin() as session:
+            session.add(Model(id=model_id, name=spec.name or f"model-{str(model_id)[:8]}", job_id=job_id,
+                              dataset_id=spec.dataset_id, labels=label_names, spec=spec.model_dump(mode="json"),
+                              metrics=metrics, artifacts=artifacts))
+            session.flush()
+            done = jobs.finish_job(session=session, job_id=job_id, status=JobStatus.succeeded, metrics=metrics,
+                                   model_id=model_id, progress={**_last_progress(result, spec), "stage": "done",
+                                                                "percent": 100.0, "eta_seconds": 0.0})
+            if not done:
+                raise JobFailed(ErrorCode.training_error, "The job was changed by someone else while it trained.")
+    except BaseException:
+        shutil.rmtree(final_dir, ignore_errors=True)
+        raise
+    return model_id, metrics
+
+
+def _write_progress(sm: sessionmaker[Session], job_id: uuid.UUID, progress: dict[str, Any],
+                    history: list[dict[str, Any]] | None = None, device: str | None = None) -> None:
+    try:
+        with sm.begin() as session:
+            jobs.update_progress(session=session, job_id=job_id, progress=progress, history=history, device=device)
+    except OperationalError:
+        # A database blip must not kill hours of training; the next write will carry the news.
+        log.warning("job %s: could not write progress (database unavailable)", job_id)
+
+
+def _last_progress(result, spec: TrainingSpec) -> dict[str, Any]:
+    epochs = len(result.history)
+    steps = int(result.metrics.get("steps", 0))
+    return {"epoch": epochs, "total_epochs": spec.epochs, "step": steps, "total_steps": steps, "percent": 100.0,
+            "eta_seconds": 0.0}
+
+
+def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Validation metrics under val_* names, run facts as they are."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key in ("accuracy", "macro_f1", "loss"):
+            out[f"val_{key}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _validation_texts(texts: list[str], labels: list[str], label_names: list[str], spec: TrainingSpec) -> list[str]:
+    """The validation split's texts (the same split train() made), capped for the parity check."""
+    from worker.ml.train import stratified_split
+
+    index = {name: i for i, name in enumerate(label_names)}
+    _, val_idx = stratified_split([index[y] for y in labels], spec.validation_split, spec.seed)
+    return [texts[i] for i in val_idx[:PARITY_SAMPLE]]
+
+
+def _describe(device, torch) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return "cpu"
+
