@@ -1,0 +1,158 @@
+"""Shared fixtures: settings in a temp folder, databases (SQLite and a fresh PostgreSQL database), processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from app.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    return Settings(TEXTCLF_DATA_DIR=tmp_path / "data", **overrides)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded-default settings in a private folder (SQLite + filesystem broker)."""
+    return make_settings(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
+    from sqlalchemy import create_engine, text
+
+    from app.migrate import upgrade
+
+    name = f"textclf_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis database of its own, emptied first so stale messages from other runs don't reach our workers."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    client.close()
+    return REDIS_URL
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process read the same settings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")}
+    env.update(TEXTCLF_DATA_DIR=str(settings.data_dir), DATABASE_URL=settings.database_url,
+               CELERY_BROKER_URL=settings.celery_broker_url, ARTIFACT_DIR=str(settings.artifact_dir),
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+class Processes:
+    """Child processes started by a test, each logging to a file; all stopped at teardown."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        with open(self.log_dir / f"{name}.log", "wb") as log:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        import signal
+
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop()
+
+
+def wait_http(url: str, timeout: float = 60.0, procs: Processes | None = None) -> None:
+    """Wait until `url` answers 200 (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if procs:
+            for name, proc in procs.procs.items():
+                if proc.poll() is not None:
+                    raise AssertionError(f"{name} exited early:\n{procs.log(name)[-3000:]}")
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not become ready in {timeout}s")
+
+
+def wait_job(base: str, job_id: str, timeout: float = 300.0) -> dict:
+    """Poll a job until it reaches a terminal status (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = requests.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+
+
+def tiny_dataset_csv() -> bytes:
+    """A small learnable dataset the tests write themselves: sports vs cooking sentences."""
+    sports = ["the team won the match", "a great goal in the final minute", "the striker scored twice",
+              "fans cheered the winning team", "the coach praised the defence", "a penalty decided the game",
+              "the keeper saved a late shot", "the league title race is close", "they lost the derby at home",
+              "the referee showed a red card", "the midfielder ran the game", "an away win for the champions"]
+    cooking = ["bake the bread for forty minutes", "stir the sauce over low heat", "chop the onions finely",
+               "season the soup with salt", "whisk the eggs and sugar", "roast the chicken with garlic",
+               "simmer the beans until soft", "knead the dough on a floured table", "fry the garlic in olive oil",
+               "serve the pasta with fresh basil", "grate the cheese over the dish", "let the cake cool on a rack"]
+    lines = ["text,label"]
+    for i in range(3):  # repeat with small variations so the split leaves examples of each label
+        lines += [f"{s} {'today' if i else ''}".strip() + ",sports" for s in sports]
+        lines += [f"{c} {'slowly' if i else ''}".strip() + ",cooking" for c in cooking]
+    return ("\n".join(lines) + "\n").encode()

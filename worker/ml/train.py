@@ -1,0 +1,396 @@
+"""Train a text classifier from a TrainingSpec. No database, no Celery: the caller owns both.
+
+Reads top to bottom like nanoGPT's train.py: data, model, optimizer, loop, evaluate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+
+from app.ml.tokenizer import TextEncoder, fit_tokenizer
+from app.spec import OptimizerSpec, SchedulerSpec, TrainingSpec
+from worker.ml.model import build_model
+
+# Least time between step-level on_progress / should_stop calls: the callbacks may touch the database.
+PROGRESS_EVERY_S = 2.0
+CANCEL_CHECK_EVERY_S = 1.0
+# Batch size for validation passes: no gradients are kept, so larger batches cost little memory.
+EVAL_BATCH = 512
+
+
+class TrainingCancelled(Exception):
+    """should_stop() asked the run to stop."""
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+class CudaUnavailable(RuntimeError):
+    """The spec asked for CUDA on a machine without it."""
+
+
+@dataclass
+class TrainResult:
+    """A trained model (CPU, eval mode), its encoder, per-epoch history and summary metrics."""
+
+    model: nn.Module
+    encoder: TextEncoder
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def resolve_device(requested: str) -> torch.device:
+    """auto -> cuda when available else cpu; cuda when unavailable raises CudaUnavailable."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise CudaUnavailable("the spec asks for device=cuda but this worker has no usable CUDA device")
+    return torch.device(requested)
+
+
+# -----------------------------------------------------------------------------
+# data
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx): about `fraction` of each class held out; singleton classes stay in train."""
+    labels = np.asarray(labels)
+    if len(labels) < 2:
+        raise ValueError("need at least 2 examples to hold one out for validation")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        # Keep at least one example of every class in train: a class the model never saw cannot be learned.
+        n_val = min(int(round(len(idx) * fraction)), len(idx) - 1)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    train_idx, val_idx = np.concatenate(train), np.concatenate(val)
+    if len(val_idx) == 0:
+        # Tiny data sets round every class to 0: move one example of the largest class so metrics exist.
+        counts = np.bincount(np.searchsorted(np.unique(labels), labels[train_idx]))
+        biggest = np.unique(labels)[counts.argmax()]
+        pick = rng.choice(np.flatnonzero(labels[train_idx] == biggest))
+        val_idx = train_idx[[pick]]
+        train_idx = np.delete(train_idx, pick)
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+def _batches(order: torch.Tensor, batch_size: int, *, merge_single: bool) -> list[torch.Tensor]:
+    """Split a permutation into batches; optionally fold a trailing batch of one into the previous."""
+    batches = list(order.split(batch_size))
+    # BatchNorm cannot normalise a batch of one in training mode (zero variance): merge it instead of dropping.
+    if merge_single and len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def _to_device(
+    ids: np.ndarray, mask: np.ndarray, lengths: np.ndarray, rows: np.ndarray, min_len: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather `rows`, trim to the batch's longest text (padding per batch) and move them to `device`."""
+    width = max(int(lengths[rows].max()), min_len)
+    x = torch.from_numpy(ids[rows, :width])
+    m = torch.from_numpy(mask[rows, :width])
+    if device.type == "cuda":
+        # Page-locked host memory lets the copy run asynchronously while the GPU works on the previous step.
+        return x.pin_memory().to(device, non_blocking=True), m.pin_memory().to(device, non_blocking=True)
+    return x, m
+
+
+# -----------------------------------------------------------------------------
+# optimizer
+
+
+def build_optimizer(params_model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """The optimizer named by spec, with weight decay on weight matrices only (not biases or norm scales)."""
+    params = [p for p in params_model.parameters() if p.requires_grad]
+    # nanoGPT's rule: decaying 1-D tensors (biases, BatchNorm gains) only pulls them toward 0 for no gain.
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": spec.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    lr, eps = spec.lr, spec.eps
+    match spec.name:
+        case "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=0.0)
+        case "momentum":
+            return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum)
+        case "nesterov":
+            return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=True)
+        case "adam":
+            return torch.optim.Adam(groups, lr=lr, betas=spec.betas, eps=eps)
+        case "adamw":
+            return torch.optim.AdamW(groups, lr=lr, betas=spec.betas, eps=eps)
+        case "rmsprop":
+            return torch.optim.RMSprop(groups, lr=lr, momentum=spec.momentum, eps=eps)
+        case "adagrad":
+            return torch.optim.Adagrad(groups, lr=lr, eps=eps)
+        case "adadelta":
+            return torch.optim.Adadelta(groups, lr=lr, eps=eps)
+    raise ValueError(f"unknown optimizer {spec.name!r}")
+
+
+class Schedule:
+    """One interface over per-batch, per-epoch and on-plateau schedulers: the loop calls both hooks."""
+
+    def __init__(self, scheduler, *, per_batch: bool, on_val_loss: bool = False) -> None:
+        self.scheduler = scheduler
+        self.per_batch = per_batch
+        self.on_val_loss = on_val_loss
+
+    def step_batch(self) -> None:
+        """Call after every optimizer step."""
+        if self.per_batch:
+            self.scheduler.step()
+
+    def step_epoch(self, val_loss: float) -> None:
+        """Call after every epoch's evaluation."""
+        if self.on_val_loss:
+            self.scheduler.step(val_loss)
+        elif not self.per_batch:
+            self.scheduler.step()
+
+
+def _warmup_then(total_steps: int, warmup_ratio: float, min_ratio: float, decay: str) -> Callable[[int], float]:
+    """LambdaLR factor: linear warm-up over warmup_ratio of the steps, then cosine or linear decay to min_ratio."""
+    warmup = int(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)  # nanoGPT's warm-up: never exactly 0, reaches ~1 at the end
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
+        return min_ratio + (1.0 - min_ratio) * shape
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, spec: SchedulerSpec, *, total_steps: int, steps_per_epoch: int
+) -> Schedule:
+    """The learning-rate schedule named by spec, behind step_batch() / step_epoch(val_loss)."""
+    sched = torch.optim.lr_scheduler
+    total_steps = max(total_steps, 1)
+    match spec.name:
+        case "constant":
+            return Schedule(sched.LambdaLR(optimizer, lambda _: 1.0), per_batch=True)
+        case "step":
+            return Schedule(sched.StepLR(optimizer, step_size=spec.step_size, gamma=spec.gamma), per_batch=False)
+        case "cosine" | "linear_warmup":
+            decay = "cosine" if spec.name == "cosine" else "linear"
+            factor = _warmup_then(total_steps, spec.warmup_ratio, spec.min_lr_ratio, decay)
+            return Schedule(sched.LambdaLR(optimizer, factor), per_batch=True)
+        case "onecycle":
+            max_lr = [g["lr"] for g in optimizer.param_groups]
+            # OneCycleLR raises if stepped past total_steps and divides by its phase lengths: keep it >= 2.
+            return Schedule(sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 2)),
+                            per_batch=True)
+        case "plateau":
+            plateau = sched.ReduceLROnPlateau(optimizer, mode="min", factor=spec.factor, patience=spec.patience)
+            return Schedule(plateau, per_batch=False, on_val_loss=True)
+    raise ValueError(f"unknown scheduler {spec.name!r}")
+
+
+# -----------------------------------------------------------------------------
+# evaluate
+
+
+def evaluate_logits(logits: np.ndarray, y: np.ndarray) -> dict:
+    """accuracy, macro_f1 (over classes present in y or predictions) and mean cross-entropy."""
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y)
+    pred = logits.argmax(axis=1)
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_proba = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        # zero_division=0: a class never predicted scores 0 quietly instead of warning on every epoch.
+        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "loss": float(-log_proba[np.arange(len(y)), y].mean()),
+    }
+
+
+@torch.no_grad()
+def _predict_logits(
+    model: nn.Module, ids: np.ndarray, mask: np.ndarray, lengths: np.ndarray, min_len: int,
+    device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager],
+) -> np.ndarray:
+    """Logits for every row, float32 [N, C], in eval mode."""
+    model.eval()
+    out = []
+    for start in range(0, len(ids), EVAL_BATCH):
+        rows = np.arange(start, min(start + EVAL_BATCH, len(ids)))
+        x, m = _to_device(ids, mask, lengths, rows, min_len, device)
+        with autocast():
+            out.append(model(x, m).float().cpu())
+    return torch.cat(out).numpy()
+
+
+# -----------------------------------------------------------------------------
+# loop
+
+
+def train(
+    spec: TrainingSpec,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    label_names: list[str],
+    device: torch.device,
+    on_progress: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train spec.model on (texts, labels); return the best epoch's model by validation macro-F1."""
+    t0 = time.monotonic()
+    random.seed(spec.seed)
+    np.random.seed(spec.seed)
+    torch.manual_seed(spec.seed)
+
+    # data
+    class_of = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted({str(lab) for lab in labels if lab not in class_of})
+    if unknown:
+        raise ValueError(f"labels not in label_names: {unknown[:5]}")
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    y = np.array([class_of[lab] for lab in labels], dtype=np.int64)
+    train_idx, val_idx = stratified_split(y, spec.validation_split, spec.seed)
+    train_texts = [texts[i] for i in train_idx]
+    # The vocabulary comes from the training split only, so validation words unseen in training map to [UNK]
+    # exactly as they would at serving time.
+    encoder = TextEncoder(fit_tokenizer(train_texts, spec.tokenizer), spec.tokenizer.max_length)
+    tr_ids, tr_mask = encoder.encode(train_texts)
+    va_ids, va_mask = encoder.encode([texts[i] for i in val_idx])
+    tr_len, va_len = tr_mask.sum(axis=1), va_mask.sum(axis=1)
+    y_train, y_val = torch.from_numpy(y[train_idx]), y[val_idx]
+    min_len = encoder.min_length
+
+    # model
+    model = build_model(spec.model, vocab_size=encoder.vocab_size, num_classes=len(label_names)).to(device)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def autocast() -> contextlib.AbstractContextManager:
+        # bf16 keeps fp32's exponent range, so no loss scaling is needed; CPU stays in fp32.
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    # optimizer
+    merge_single = spec.model.batch_norm
+    steps_per_epoch = len(_batches(torch.arange(len(train_idx)), spec.batch_size, merge_single=merge_single))
+    total_steps = spec.epochs * steps_per_epoch
+    if spec.max_steps is not None:
+        total_steps = min(total_steps, spec.max_steps)
+    optimizer = build_optimizer(model, spec.optimizer)
+    schedule = build_scheduler(optimizer, spec.scheduler, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    generator = torch.Generator().manual_seed(spec.seed)  # shuffling independent of model-init draws
+
+    # loop
+    history: list[dict] = []
+    best_f1, best_state, best_epoch, final = -1.0, None, 0, {}
+    step = 0
+    last_progress = last_cancel_check = time.monotonic()
+
+    def progress(epoch: int) -> None:
+        if on_progress is None:
+            return
+        elapsed = time.monotonic() - t0
+        on_progress({
+            "stage": "training", "epoch": epoch, "total_epochs": spec.epochs,
+            "step": step, "total_steps": total_steps,
+            "percent": round(100.0 * step / total_steps, 2),
+            "eta_seconds": round(elapsed / step * (total_steps - step), 1) if step else None,
+            "history": list(history),
+        })
+
+    def check_stop() -> None:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("training was cancelled")
+
+    check_stop()
+    for epoch in range(1, spec.epochs + 1):
+        epoch_start = time.monotonic()
+        model.train()
+        # Sum of per-batch losses kept on the device: reading it every step would sync the GPU every step.
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        order = torch.randperm(len(train_idx), generator=generator)
+        for rows in _batches(order, spec.batch_size, merge_single=merge_single):
+            rows_np = rows.numpy()
+            x, m = _to_device(tr_ids, tr_mask, tr_len, rows_np, min_len, device)
+            target = y_train[rows].to(device, non_blocking=True)
+            with autocast():
+                logits = model(x, m)
+            loss = F.cross_entropy(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if spec.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, recorded per epoch below
+            optimizer.step()
+            schedule.step_batch()
+            loss_sum += loss.detach() * len(rows)
+            seen += len(rows)
+            step += 1
+
+            now = time.monotonic()
+            if now - last_cancel_check >= CANCEL_CHECK_EVERY_S:
+                last_cancel_check = now
+                check_stop()
+            if now - last_progress >= PROGRESS_EVERY_S:
+                last_progress = now
+                if not math.isfinite(loss_sum.item()):
+                    raise TrainingDiverged(f"training loss is {loss_sum.item()} at step {step}")
+                progress(epoch)
+            if step >= total_steps:
+                break
+
+        train_loss = loss_sum.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss is {train_loss} in epoch {epoch}")
+
+        # evaluate
+        val_logits = _predict_logits(model, va_ids, va_mask, va_len, min_len, device, autocast)
+        final = evaluate_logits(val_logits, y_val)
+        if not math.isfinite(final["loss"]):
+            raise TrainingDiverged(f"validation loss is {final['loss']} in epoch {epoch}")
+        schedule.step_epoch(final["loss"])
+        history.append({
+            "epoch": epoch, "train_loss": train_loss, "val_loss": final["loss"],
+            "val_accuracy": final["accuracy"], "val_macro_f1": final["macro_f1"],
+            "lr": lr, "seconds": round(time.monotonic() - epoch_start, 3),
+        })
+        if final["macro_f1"] > best_f1:  # strict: on ties keep the earlier, less-trained epoch
+            best_f1, best_epoch = final["macro_f1"], epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best = dict(final)
+        last_progress = time.monotonic()
+        progress(epoch)
+        check_stop()
+        if step >= total_steps:
+            break
+
+    model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    metrics = {
+        **best,
+        "best_epoch": best_epoch,
+        "final_accuracy": final["accuracy"], "final_macro_f1": final["macro_f1"], "final_loss": final["loss"],
+        "train_seconds": round(time.monotonic() - t0, 3),
+        "epochs_run": len(history), "steps": step,
+        "train_examples": len(train_idx), "val_examples": len(val_idx),
+    }
+    return TrainResult(model=model, encoder=encoder, history=history, metrics=metrics, device=str(device))
