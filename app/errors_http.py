@@ -41,7 +41,13 @@ def init_app(app: Flask) -> None:
         message = exc.description or exc.name
         if status == 413:
             message = "Request body is larger than the configured limit (MAX_UPLOAD_BYTES)."
-        return jsonify(error_body(code, message)), status
+        response = jsonify(error_body(code, message))
+        response.status_code = status
+        # Keep the headers the exception carries (Allow on a 405 is required by RFC 9110), but not its HTML type.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers.add(name, value)
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -323,6 +323,8 @@ def _build(rows: list[Row], key: str, fmt: str, limits: Limits) -> ParsedDataset
             problems["Label spans several lines (an unclosed double quote?)"].append(where)
         if len(text) > limits.max_text_chars:
             problems[f"Text longer than {limits.max_text_chars} characters"].append(where)
+        if "\x00" in text or "\x00" in label:  # PostgreSQL cannot store U+0000 in text
+            problems["NUL character (U+0000) in text or label"].append(where)
         if _SURROGATE.search(text) or _SURROGATE.search(label):
             problems["Unpaired UTF-16 surrogate escape in text or label"].append(where)
         texts.append(text)

@@ -11,7 +11,11 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+
+# Names are shown and stored as text: no control characters (PostgreSQL cannot even store U+0000).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 class _Strict(BaseModel):
@@ -92,7 +96,8 @@ class TrainingSpec(_Strict):
     """What to train. `{"dataset_id": ...}` alone is a complete, good spec."""
 
     dataset_id: UUID = Field(description="The uploaded dataset to train on.")
-    name: str | None = Field(None, max_length=200, description="A name for the resulting model.")
+    name: str | None = Field(None, min_length=1, max_length=200, pattern=NAME_PATTERN,
+                             description="A name for the resulting model.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -198,11 +203,11 @@ class ModelRead(_Read):
 
 class Record(_Strict):
     text: str
-    label: Annotated[str, Field(min_length=1)] | int
+    label: Annotated[StrictStr, Field(min_length=1)] | StrictInt
 
 
 class DatasetCreate(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
     records: list[Record] = Field(min_length=1)
 
 

@@ -120,7 +120,7 @@ def wait_http(url: str, timeout: float = 60.0, procs: Processes | None = None) -
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting to answer
             pass
         if procs:
             for name, proc in procs.procs.items():

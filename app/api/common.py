@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any, TypeVar
 
-from flask import request
+from flask import current_app, request
 from pydantic import BaseModel
 
 from app.errors import ErrorCode, ServiceError
@@ -18,10 +19,19 @@ def json_body() -> Any:
     if not request.is_json:
         raise ServiceError(ErrorCode.unsupported_media_type, "Send a JSON body with Content-Type: application/json.",
                            415)
-    data = request.get_json(silent=True)
-    if data is None:
-        raise ServiceError(ErrorCode.invalid_json, "The request body is not valid JSON.", 400)
-    return data
+    # Parsed here rather than by request.get_json(): that returns None for a `null` body as for a broken one,
+    # hides the decoder's message, and lets a RecursionError (deeply nested arrays) escape as a 500.
+    try:
+        return current_app.json.loads(request.get_data(cache=True))
+    except json.JSONDecodeError as e:
+        reason = f": {e.msg} (line {e.lineno}, column {e.colno})"
+    except UnicodeDecodeError:
+        reason = ": it is not UTF-8"
+    except RecursionError:
+        reason = ": it is nested too deeply"
+    except ValueError:  # e.g. an integer with more digits than Python converts
+        reason = ""
+    raise ServiceError(ErrorCode.invalid_json, f"The request body is not valid JSON{reason}.", 400)
 
 
 def parse(model: type[M], data: Any) -> M:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from flask import Blueprint, request
@@ -14,7 +15,7 @@ from app.db import jobs
 from app.db.models import Dataset
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
-from app.spec import DatasetCreate, DatasetRead
+from app.spec import NAME_PATTERN, DatasetCreate, DatasetRead
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
@@ -59,9 +60,9 @@ def _read_upload() -> tuple[str, ingest.ParsedDataset]:
 @bp.post("/datasets")
 def create_dataset():
     name, parsed = _read_upload()
-    if not 1 <= len(name) <= 200:
-        raise ServiceError(ErrorCode.validation_error, "name must be 1 to 200 characters.", 422,
-                           [{"loc": ["name"], "msg": "length must be 1 to 200", "type": "string_length"}])
+    if not 1 <= len(name) <= 200 or not re.match(NAME_PATTERN, name):
+        raise ServiceError(ErrorCode.validation_error, "name must be 1 to 200 characters, no control characters.",
+                           422, [{"loc": ["name"], "msg": "invalid name", "type": "value_error"}])
     dataset = Dataset(name=name, format=parsed.format, row_count=len(parsed.texts), labels=parsed.label_counts,
                       sha256=parsed.sha256, warnings=parsed.warnings)
     session = get_session()
