@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import logging
+from typing import TYPE_CHECKING
 
-from flask import Flask
-from sqlalchemy.orm import Session, sessionmaker
+if TYPE_CHECKING:  # the worker's ML code imports app.spec and app.ml without pulling in Flask
+    from flask import Flask
+    from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import Settings, get_settings
+    from app.config import Settings
 
 __version__ = "0.1.0"
 
 
 def create_app(settings: Settings | None = None, *, session_factory: sessionmaker[Session] | None = None) -> Flask:
     """The API. Tests pass their own settings and a connection-bound sessionmaker."""
+    import logging
+
+    from flask import Flask
+
     from app import errors_http, extensions
     from app.api import datasets, health, jobs, models, openapi
+    from app.config import get_settings
 
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -41,10 +41,14 @@ class Settings(BaseSettings):
         100 * 1024 * 1024, ge=1024, validation_alias="MAX_UPLOAD_BYTES",
         description="Largest request body accepted (413 above it).",
     )
-    max_dataset_rows: int = Field(2_000_000, ge=10, validation_alias="MAX_DATASET_ROWS")
-    max_text_chars: int = Field(100_000, ge=10, validation_alias="MAX_TEXT_CHARS")
-    max_labels: int = Field(1_000, ge=2, validation_alias="MAX_LABELS")
-    max_predict_texts: int = Field(1_000, ge=1, validation_alias="MAX_PREDICT_TEXTS")
+    max_dataset_rows: int = Field(2_000_000, ge=10, validation_alias="MAX_DATASET_ROWS",
+                                  description="Most rows one dataset may have.")
+    max_text_chars: int = Field(100_000, ge=10, validation_alias="MAX_TEXT_CHARS",
+                                description="Longest text, in characters, in a dataset or a prediction request.")
+    max_labels: int = Field(1_000, ge=2, validation_alias="MAX_LABELS",
+                            description="Most distinct labels one dataset may have.")
+    max_predict_texts: int = Field(1_000, ge=1, validation_alias="MAX_PREDICT_TEXTS",
+                                   description="Most texts in one prediction request.")
     model_cache_size: int = Field(
         8, ge=1, validation_alias="MODEL_CACHE_SIZE",
         description="onnxruntime sessions kept per API process (least recently used evicted).",
@@ -55,7 +59,7 @@ class Settings(BaseSettings):
     )
     api_workers: int = Field(2, ge=1, validation_alias="API_WORKERS",
                              description="gunicorn workers started by `textclf serve`.")
-    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL", description="Python logging level.")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -15,6 +15,18 @@ from app.spec import ModelSpec
 # Multiplier for hashing a word bigram (a, b) to a bucket: a prime larger than any vocabulary (le=500_000),
 # so distinct pairs collide only through the final modulo. int64 holds 500_000 * 1_000_003 + 500_000 easily.
 BIGRAM_PRIME = 1_000_003
+# TextCNN embedding init range. nn.Embedding's N(0, 1) default dwarfs what Adam's ~1e-3 steps move in a few
+# epochs, so random directions dominate the features: default spec on TREC scored 84.2% with N(0, 1) and
+# 88-90% with U(-a, a) for a in 0.02..0.1 (Kim's CNN-rand used 0.25, which scored 88.2% here).
+TEXTCNN_INIT = 0.1
+
+
+def _init_embedding(embedding: nn.Embedding, bound: float) -> None:
+    """Uniform(-bound, bound) init with the padding row (if any) kept at zero."""
+    nn.init.uniform_(embedding.weight, -bound, bound)
+    if embedding.padding_idx is not None:
+        with torch.no_grad():
+            embedding.weight[embedding.padding_idx].zero_()
 
 
 class TextCNN(nn.Module):
@@ -25,6 +37,7 @@ class TextCNN(nn.Module):
         self.filter_sizes = tuple(spec.filter_sizes)
         self.max_width = max(self.filter_sizes)
         self.embedding = nn.Embedding(vocab_size, spec.embedding_dim, padding_idx=PAD_ID)
+        _init_embedding(self.embedding, TEXTCNN_INIT)
         self.convs = nn.ModuleList(nn.Conv1d(spec.embedding_dim, spec.num_filters, w) for w in self.filter_sizes)
         features = spec.num_filters * len(self.filter_sizes)
         self.norm = nn.BatchNorm1d(features) if spec.batch_norm else nn.Identity()
@@ -62,6 +75,9 @@ class FastText(nn.Module):
         self.buckets = spec.ngram_buckets
         self.embedding = nn.Embedding(vocab_size, spec.embedding_dim, padding_idx=PAD_ID)
         self.bigrams = nn.Embedding(spec.ngram_buckets, spec.embedding_dim)
+        # fastText's own init, U(-1/dim, 1/dim): with N(0, 1) the default spec scored 66% on TREC, with this 80%.
+        for table in (self.embedding, self.bigrams):
+            _init_embedding(table, 1.0 / spec.embedding_dim)
         self.norm = nn.BatchNorm1d(spec.embedding_dim) if spec.batch_norm else nn.Identity()
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(spec.embedding_dim, num_classes)
