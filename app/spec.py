@@ -37,7 +37,7 @@ class ModelSpec(_Strict):
         (3, 4, 5), min_length=1, max_length=8, description="textcnn: convolution widths in tokens.")
     num_filters: int = Field(100, ge=1, le=1_024, description="textcnn: feature maps per width.")
     ngram_buckets: int = Field(
-        200_000, ge=1_000, le=10_000_000, description="fasttext: hash buckets for word bigrams.")
+        20_000, ge=1_000, le=10_000_000, description="fasttext: hash buckets for word bigrams.")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout before the output layer.")
     batch_norm: bool = Field(False, description="Batch normalisation on the pooled features.")
 

@@ -300,7 +300,7 @@ def train(
 
     # loop
     history: list[dict] = []
-    best_f1, best_state, best_epoch, final = -1.0, None, 0, {}
+    best_f1, best_state, best_epoch, best, final = -1.0, None, 0, {}, {}
     step = 0
     last_progress = last_cancel_check = time.monotonic()
 

@@ -1,0 +1,100 @@
+"""Tokenizer fit/encode contracts, and the API's torch-free import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.ml.tokenizer import MIN_TOKENS, PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
+from app.spec import TokenizerSpec
+
+pytestmark = pytest.mark.unit
+
+TEXTS = ["The cat sat on the mat.", "A dog barked, loudly!", "ＣＡＴ and DOG?", "the the the cat"]
+
+
+@pytest.fixture()
+def encoder() -> TextEncoder:
+    return TextEncoder(fit_tokenizer(TEXTS, TokenizerSpec(vocab_size=100)), max_length=8)
+
+
+def test_special_tokens_have_fixed_ids(encoder):
+    vocab = encoder.tokenizer.get_vocab()
+    assert vocab["[PAD]"] == PAD_ID == 0
+    assert vocab["[UNK]"] == UNK_ID == 1
+
+
+def test_normalises_lowercases_and_splits_punctuation(encoder):
+    vocab = encoder.tokenizer.get_vocab()
+    assert {"cat", "dog", "the", ".", ",", "!", "?"} <= vocab.keys()
+    assert "CAT" not in vocab and "ＣＡＴ" not in vocab  # full-width letters fold to ASCII, then lower-case
+    ids, _ = encoder.encode(["ＣＡＴ"])
+    assert ids[0, 0] == vocab["cat"]
+
+
+def test_lowercase_off_keeps_case():
+    tok = fit_tokenizer(["Cat cat"], TokenizerSpec(vocab_size=100, lowercase=False))
+    assert {"Cat", "cat"} <= tok.get_vocab().keys()
+
+
+def test_vocab_size_and_min_frequency_limit_the_vocabulary():
+    texts = [f"common word{i}" for i in range(300)]
+    tok = fit_tokenizer(texts, TokenizerSpec(vocab_size=100))
+    assert tok.get_vocab_size() == 100
+    tok = fit_tokenizer(texts, TokenizerSpec(vocab_size=1000, min_frequency=2))
+    assert set(tok.get_vocab()) == {"[PAD]", "[UNK]", "common"}
+
+
+def test_encode_shapes_dtypes_and_padding(encoder):
+    ids, mask = encoder.encode(["the cat", "a dog barked , loudly !"])
+    assert ids.dtype == mask.dtype == np.int64
+    assert ids.shape == mask.shape == (2, 6)  # the longest text's 6 tokens
+    assert mask.tolist() == [[1, 1, 0, 0, 0, 0], [1] * 6]
+    assert (ids[0, 2:] == PAD_ID).all()
+    assert (ids[mask == 1] != PAD_ID).all()
+
+
+def test_encode_truncates_to_max_length(encoder):
+    ids, mask = encoder.encode(["cat " * 50, "dog"])
+    assert ids.shape == (2, 8)
+    assert mask[0].sum() == 8 and mask[1].sum() == 1
+
+
+def test_encode_pads_to_min_length(encoder):
+    ids, mask = encoder.encode(["cat", ""])
+    assert ids.shape == (2, MIN_TOKENS)
+    assert mask.tolist() == [[1, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
+    wide = TextEncoder(encoder.tokenizer, max_length=20, min_length=7)
+    assert wide.encode(["cat"])[0].shape == (1, 7)
+
+
+def test_encode_empty_batch_and_unknown_words(encoder):
+    ids, mask = encoder.encode([])
+    assert ids.shape == mask.shape == (0, MIN_TOKENS)
+    ids, _ = encoder.encode(["zebra cat"])
+    assert ids[0, 0] == UNK_ID
+
+
+def test_min_length_must_not_exceed_max_length(encoder):
+    with pytest.raises(ValueError):
+        TextEncoder(encoder.tokenizer, max_length=4, min_length=5)
+
+
+def test_save_load_round_trip(encoder, tmp_path: Path):
+    encoder.save(tmp_path / "tokenizer.json")
+    loaded = TextEncoder.from_file(tmp_path / "tokenizer.json", max_length=8)
+    assert loaded.vocab_size == encoder.vocab_size
+    batch = ["The CAT sat!", "", "unknown words here", "dog " * 30]
+    for a, b in zip(encoder.encode(batch), loaded.encode(batch)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_serving_modules_do_not_import_torch():
+    code = "import sys, app.ml.predictor, app.ml.tokenizer; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
