@@ -96,6 +96,41 @@ def check(name: str, data_dir: Path, device: str, extra: dict) -> dict:
     return out
 
 
+def check_job(name: str, data_dir: Path, device: str) -> dict:
+    """One job through the worker's own path (worker.training.run_training) on a SQLite database."""
+    from app import ingest
+    from app.config import Settings
+    from app.db import jobs
+    from app.db.models import Dataset
+    from app.db.session import make_engine, make_sessionmaker
+    from app.migrate import upgrade
+    from worker.training import run_training
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(TEXTCLF_DATA_DIR=Path(tmp))
+        upgrade(settings.database_url)
+        engine = make_engine(settings.database_url)
+        sm = make_sessionmaker(engine)
+        parsed = ingest.parse_upload((data_dir / name / "train.csv").read_bytes(), filename="train.csv",
+                                     content_type=None, limits=ingest.Limits(10**7, 10**6, 1000))
+        with sm.begin() as s:
+            ds = Dataset(name=name, format="csv", row_count=len(parsed.texts), labels=parsed.label_counts,
+                         sha256=parsed.sha256, warnings=parsed.warnings)
+            s.add(ds)
+            s.flush()
+            ingest.write_records(settings.datasets_dir / f"{ds.id}.jsonl", parsed)
+            job_id = jobs.create_job(session=s, spec=TrainingSpec(dataset_id=ds.id, device=device)).id
+        t = time.perf_counter()
+        status = run_training(sessionmaker=sm, settings=settings, job_id=job_id)
+        with sm() as s:
+            job = jobs.get_job(session=s, job_id=job_id)
+            out = {"dataset": name, "job_status": status, "job_device": job.device, "job_seconds":
+                   round(time.perf_counter() - t, 1), "val_accuracy": job.metrics and job.metrics.get("val_accuracy"),
+                   "error": job.error}
+        engine.dispose()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["trec", "sst2_glue"])
@@ -103,6 +138,8 @@ def main() -> None:
                         default=Path(os.environ.get("TEXTCLF_BENCH_DATA", ROOT.parent / "shared" / "datasets")))
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu", "auto"])
     parser.add_argument("--spec", default="{}", help="extra spec fields as JSON (default spec otherwise)")
+    parser.add_argument("--job", action="store_true",
+                        help="also run one TREC job through worker.training.run_training (needs SQLAlchemy)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check.json")
     args = parser.parse_args()
 
@@ -118,8 +155,11 @@ def main() -> None:
         results.append(check(name, args.data_dir, args.device, json.loads(args.spec)))
         results[-1]["wall_s"] = round(time.perf_counter() - t, 1)
         print(json.dumps(results[-1]), flush=True)
+    job = check_job(args.datasets[0], args.data_dir, args.device) if args.job else None
+    if job:
+        print(json.dumps(job), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"env": env, "results": results}, indent=2))
+    args.out.write_text(json.dumps({"env": env, "results": results, "job": job}, indent=2))
 
     cols = ["dataset", "device", "epochs", "samples_per_s", "epoch_seconds", "peak_gpu_mib", "val_accuracy",
             "test_accuracy", "export_and_parity_s", "parity_max_abs_diff"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,11 +60,40 @@ def run_story(base: str) -> None:
     assert empty.status_code == 422 and empty.json()["error"]["code"] == "validation_error"
 
 
+def worker_pid(serve_pid: int) -> int | None:
+    """The Celery worker that `textclf serve` started (a direct child running worker.celery_app)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == serve_pid and b"worker.celery_app" in cmdline:
+            return int(entry.name)
+    return None
+
+
 def test_textclf_serve_trains_and_predicts(tmp_path: Path, processes):
     settings = make_settings(tmp_path)
     port = free_port()
-    processes.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], child_env(settings))
+    serve = processes.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                            child_env(settings))
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/readyz", timeout=90, procs=processes)
     run_story(base)
     assert (settings.data_dir / "textclf.db").exists()
+
+    # The worker is supervised: kill it outright and the next job still trains.
+    first = worker_pid(serve.pid)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (second := worker_pid(serve.pid)) in (None, first) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert second not in (None, first), "textclf serve did not restart its worker"
+    dataset_id = requests.get(f"{base}/v1/datasets", timeout=10).json()["items"][0]["id"]
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset_id, "max_steps": 3}, timeout=10).json()
+    assert wait_job(base, job["id"], timeout=180)["status"] == "succeeded"
