@@ -101,7 +101,7 @@ def check_job(name: str, data_dir: Path, device: str) -> dict:
     from app import ingest
     from app.config import Settings
     from app.db import jobs
-    from app.db.models import Dataset
+    from app.db.datasets import add_dataset
     from app.db.session import make_engine, make_sessionmaker
     from app.migrate import upgrade
     from worker.training import run_training
@@ -114,11 +114,7 @@ def check_job(name: str, data_dir: Path, device: str) -> dict:
         parsed = ingest.parse_upload((data_dir / name / "train.csv").read_bytes(), filename="train.csv",
                                      content_type=None, limits=ingest.Limits(10**7, 10**6, 1000))
         with sm.begin() as s:
-            ds = Dataset(name=name, format="csv", row_count=len(parsed.texts), labels=parsed.label_counts,
-                         sha256=parsed.sha256, warnings=parsed.warnings)
-            s.add(ds)
-            s.flush()
-            ingest.write_records(settings.datasets_dir / f"{ds.id}.jsonl", parsed)
+            ds = add_dataset(session=s, settings=settings, name=name, parsed=parsed)
             job_id = jobs.create_job(session=s, spec=TrainingSpec(dataset_id=ds.id, device=device)).id
         t = time.perf_counter()
         status = run_training(sessionmaker=sm, settings=settings, job_id=job_id)

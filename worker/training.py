@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import ingest
 from app.config import Settings
 from app.db import jobs
+from app.db.datasets import records_path
 from app.db.models import Model
 from app.errors import ErrorCode
 from app.spec import JobStatus, TrainingSpec
@@ -78,7 +79,7 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
     from worker.ml.train import CudaUnavailable, TrainingCancelled, TrainingDiverged, resolve_device, train
 
     # data
-    path = settings.datasets_dir / f"{spec.dataset_id}.jsonl"
+    path = records_path(settings, spec.dataset_id)
     if not path.exists():
         raise JobFailed(ErrorCode.dataset_missing, f"Dataset {spec.dataset_id} is gone; upload it again.")
     texts, labels = ingest.read_records(path)

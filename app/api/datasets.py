@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 from flask import Blueprint, request
-from sqlalchemy import func, select
 
 from app import ingest
 from app.api.common import json_body, page_args, parse, parse_uuid
-from app.db import jobs
+from app.db import datasets, jobs
 from app.db.models import Dataset
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
@@ -63,19 +62,13 @@ def create_dataset():
     if not 1 <= len(name) <= 200 or not re.match(NAME_PATTERN, name):
         raise ServiceError(ErrorCode.validation_error, "name must be 1 to 200 characters, no control characters.",
                            422, [{"loc": ["name"], "msg": "invalid name", "type": "value_error"}])
-    dataset = Dataset(name=name, format=parsed.format, row_count=len(parsed.texts), labels=parsed.label_counts,
-                      sha256=parsed.sha256, warnings=parsed.warnings)
     session = get_session()
-    session.add(dataset)
-    session.flush()
-    # The records file is written first and removed if the row cannot be committed: nothing half-stored.
-    path = state().settings.datasets_dir / f"{dataset.id}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ingest.write_records(path, parsed)
+    settings = state().settings
+    dataset = datasets.add_dataset(session=session, settings=settings, name=name, parsed=parsed)
     try:
         session.commit()
-    except Exception:
-        path.unlink(missing_ok=True)
+    except Exception:  # nothing half-stored: no row without its file, no file without its row
+        datasets.records_path(settings, dataset.id).unlink(missing_ok=True)
         raise
     log.info("dataset %s stored: %d rows, %d labels", dataset.id, dataset.row_count, len(dataset.labels))
     return DatasetRead.model_validate(dataset).model_dump(mode="json"), 201, {"Location": f"/v1/datasets/{dataset.id}"}
@@ -84,15 +77,13 @@ def create_dataset():
 @bp.get("/datasets")
 def list_datasets():
     limit, offset = page_args()
-    session = get_session()
-    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
-    rows = session.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset))
+    rows, total = datasets.list_datasets(session=get_session(), limit=limit, offset=offset)
     items = [DatasetRead.model_validate(d).model_dump(mode="json") for d in rows]
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
 def _dataset_or_404(dataset_id: str) -> Dataset:
-    dataset = jobs.get_dataset(session=get_session(), dataset_id=parse_uuid(dataset_id, "dataset"))
+    dataset = datasets.get_dataset(session=get_session(), dataset_id=parse_uuid(dataset_id, "dataset"))
     if dataset is None:
         raise ServiceError(ErrorCode.not_found, f"No dataset with id {dataset_id}.", 404)
     return dataset
@@ -112,5 +103,5 @@ def delete_dataset(dataset_id: str):
                            409)
     session.delete(dataset)
     session.commit()
-    (state().settings.datasets_dir / f"{dataset.id}.jsonl").unlink(missing_ok=True)
+    datasets.records_path(state().settings, dataset.id).unlink(missing_ok=True)
     return "", 204

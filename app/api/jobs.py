@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, request
 
 from app.api.common import json_body, page_args, parse, parse_uuid
-from app.db import jobs
+from app.db import datasets, jobs
 from app.db.models import TrainingJob
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
@@ -26,7 +26,7 @@ def job_json(job: TrainingJob) -> dict:
 def create_job():
     spec = parse(TrainingSpec, json_body())
     session = get_session()
-    if jobs.get_dataset(session=session, dataset_id=spec.dataset_id) is None:
+    if datasets.get_dataset(session=session, dataset_id=spec.dataset_id) is None:
         raise ServiceError(ErrorCode.validation_error, f"No dataset with id {spec.dataset_id}.", 422,
                            [{"loc": ["dataset_id"], "msg": "dataset not found", "type": "not_found"}])
     job = jobs.create_job(session=session, spec=spec)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import Dataset, TrainingJob
+from app.db.models import TrainingJob
 from app.spec import JobStatus, TrainingSpec
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
@@ -104,6 +104,3 @@ def finish_job(*, session: Session, job_id: uuid.UUID, status: JobStatus, metric
     )
     return result.rowcount == 1
 
-
-def get_dataset(*, session: Session, dataset_id: uuid.UUID) -> Dataset | None:
-    return session.get(Dataset, dataset_id)

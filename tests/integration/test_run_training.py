@@ -9,7 +9,8 @@ import pytest
 
 from app import ingest
 from app.db import jobs
-from app.db.models import Dataset, Model
+from app.db.datasets import add_dataset
+from app.db.models import Model
 from app.db.session import make_engine, make_sessionmaker
 from app.spec import TrainingSpec
 from tests.conftest import make_settings, tiny_dataset_csv
@@ -30,11 +31,7 @@ def queue_job(settings, sm, **spec_fields) -> uuid.UUID:
     parsed = ingest.parse_upload(tiny_dataset_csv(), filename="d.csv", content_type=None,
                                  limits=ingest.Limits(max_rows=1000, max_text_chars=1000, max_labels=10))
     with sm.begin() as s:
-        ds = Dataset(name="tiny", format=parsed.format, row_count=len(parsed.texts), labels=parsed.label_counts,
-                     sha256=parsed.sha256, warnings=parsed.warnings)
-        s.add(ds)
-        s.flush()
-        ingest.write_records(settings.datasets_dir / f"{ds.id}.jsonl", parsed)
+        ds = add_dataset(session=s, settings=settings, name="tiny", parsed=parsed)
         spec = TrainingSpec.model_validate({"dataset_id": str(ds.id), "epochs": 1, "batch_size": 8, **spec_fields})
         return jobs.create_job(session=s, spec=spec).id
 

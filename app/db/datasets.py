@@ -1,0 +1,39 @@
+"""Dataset data functions: a parsed upload becomes a row plus a records file on the artifact volume."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app import ingest
+from app.config import Settings
+from app.db.models import Dataset
+
+
+def records_path(settings: Settings, dataset_id: uuid.UUID) -> Path:
+    """Where a dataset's records live (named by id: never by anything the user sent)."""
+    return settings.datasets_dir / f"{dataset_id}.jsonl"
+
+
+def add_dataset(*, session: Session, settings: Settings, name: str, parsed: ingest.ParsedDataset) -> Dataset:
+    """Add the row and write the records file; the caller commits, and removes the file if that fails."""
+    dataset = Dataset(name=name, format=parsed.format, row_count=len(parsed.texts), labels=parsed.label_counts,
+                      sha256=parsed.sha256, warnings=parsed.warnings)
+    session.add(dataset)
+    session.flush()
+    ingest.write_records(records_path(settings, dataset.id), parsed)
+    return dataset
+
+
+def get_dataset(*, session: Session, dataset_id: uuid.UUID) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
+
+
+def list_datasets(*, session: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:
+    """A page of datasets, newest first, and the total count."""
+    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
+    rows = session.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset))
+    return list(rows), total
