@@ -106,9 +106,18 @@ class TrainingSpec(_Strict):
     batch_size: int = Field(64, ge=1, le=4_096, description="Examples per optimization step.")
     grad_clip: float | None = Field(5.0, gt=0.0, le=1_000.0, description="Clip the gradient norm; null disables.")
     validation_split: float = Field(0.1, gt=0.0, le=0.5, description="Share of the data held out for validation.")
+    test_split: float = Field(0.0, ge=0.0, le=0.5,
+                              description="Share of the dataset held out (stratified) as a test set; 0 for none.")
+    test_dataset_id: UUID | None = Field(None, description="A separately uploaded dataset to evaluate on.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the split, initialisation and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when present.")
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many steps (for smoke tests).")
+
+    @model_validator(mode="after")
+    def _one_test_set(self) -> TrainingSpec:
+        if self.test_split > 0 and self.test_dataset_id is not None:
+            raise ValueError("give test_split or test_dataset_id, not both")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------
