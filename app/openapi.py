@@ -8,11 +8,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from app import __version__
-from app.spec import (AliasRead, AliasSet, DatasetCreate, DatasetRead, JobRead, ModelRead, PredictRequest,
-                      PredictResponse, TrainingSpec)
+from app.spec import (AliasRead, AliasSet, DatasetCreate, DatasetRead, EvaluationRead, JobRead, ModelRead,
+                      PredictRequest, PredictResponse, TrainingSpec)
 
 _MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, PredictRequest,
-                                  PredictResponse, AliasSet, AliasRead]
+                                  PredictResponse, AliasSet, AliasRead, EvaluationRead]
 REF = "#/components/schemas/{model}"
 
 _ERROR = {
@@ -101,6 +101,10 @@ def build_openapi() -> dict[str, Any]:
         "/v1/models/{model_id}": {"parameters": [_path_id("model_id")], "get": {
             "summary": "A model", "responses": {"200": {"description": "Found", **_json(_ref("ModelRead"))},
                                                 **_errors(404, 409)}}},
+        "/v1/models/{model_id}/evaluation": {"parameters": [_path_id("model_id")], "get": {
+            "summary": "Validation and test evaluation of a model",
+            "responses": {"200": {"description": "Evaluation", **_json(_ref("EvaluationRead"))},
+                          **_errors(404, 409)}}},
         "/v1/models/{model_id}/predict": {"parameters": [_path_id("model_id")], "post": {
             "summary": "Classify texts with this model",
             "requestBody": {"required": True, **_json(_ref("PredictRequest"))},

@@ -241,6 +241,48 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class ClassMetrics(BaseModel):
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Misclassified(BaseModel):
+    text: str
+    label: str
+    predicted: str
+    score: float
+    label_score: float
+
+
+class SplitEvaluation(BaseModel):
+    examples: int
+    accuracy: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    micro_precision: float
+    micro_recall: float
+    micro_f1: float
+    weighted_precision: float
+    weighted_recall: float
+    weighted_f1: float
+    per_class: list[ClassMetrics]
+    confusion_matrix: dict[str, Any] = Field(description="labels, and matrix[true][predicted] counts.")
+    log_loss: float
+    ece: float = Field(description="Expected calibration error (15 equal-width confidence bins).")
+    misclassified: list[Misclassified] = Field(description="The most confident mistakes first.")
+    unknown_label_examples: int | None = Field(None, description="Test rows whose label the model never saw.")
+
+
+class EvaluationRead(BaseModel):
+    model_id: UUID
+    validation: SplitEvaluation | None
+    test: SplitEvaluation | None
+
+
 class AliasSet(_Strict):
     model_id: UUID
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import ingest
 from app.config import Settings
 from app.db import jobs
-from app.db.datasets import records_path
+from app.db.datasets import get_dataset, records_path
 from app.db.models import Model
 from app.errors import ErrorCode
 from app.spec import JobStatus, TrainingSpec
@@ -47,9 +47,11 @@ def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job
             return "skipped"
         job = jobs.get_job(session=session, job_id=job_id)
         spec = TrainingSpec.model_validate(job.spec)  # never trust a stored dict
+        dataset = get_dataset(session=session, dataset_id=spec.dataset_id)
+        dataset_sha256 = dataset.sha256 if dataset else None
     log.info("job %s: claimed", job_id)
     try:
-        model_id, metrics = _train_and_register(sessionmaker, settings, job_id, spec)
+        model_id, metrics = _train_and_register(sessionmaker, settings, job_id, spec, dataset_sha256)
     except JobFailed as exc:
         log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
         _fail(sessionmaker, job_id, exc.code, exc.message)
@@ -70,20 +72,30 @@ def _fail(sm: sessionmaker[Session], job_id: uuid.UUID, code: ErrorCode, message
                         error_message=message, progress={"stage": "failed"})
 
 
-def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: uuid.UUID,
-                        spec: TrainingSpec) -> tuple[uuid.UUID, dict[str, Any]]:
+def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: uuid.UUID, spec: TrainingSpec,
+                        dataset_sha256: str | None) -> tuple[uuid.UUID, dict[str, Any]]:
     # torch is imported here, inside the task process, never in the Celery parent (CUDA and fork don't mix).
     import torch
 
+    from app.ml.predictor import OnnxPredictor
+    from worker.ml.evaluation import evaluate
     from worker.ml.export import ParityError, check_parity, export_onnx
-    from worker.ml.train import CudaUnavailable, TrainingCancelled, TrainingDiverged, resolve_device, train
+    from worker.ml.train import (CudaUnavailable, TrainingCancelled, TrainingDiverged, resolve_device,
+                                 stratified_split, train)
 
-    # data
-    path = records_path(settings, spec.dataset_id)
-    if not path.exists():
-        raise JobFailed(ErrorCode.dataset_missing, f"Dataset {spec.dataset_id} is gone; upload it again.")
-    texts, labels = ingest.read_records(path)
+    # data: the training records, and the test set (a separate dataset, or a stratified share held out here so
+    # train() never sees it)
+    texts, labels = _load_records(settings, spec.dataset_id)
     label_names = sorted(set(labels))
+    index = {name: i for i, name in enumerate(label_names)}
+    test_texts: list[str] = []
+    test_labels: list[str] = []
+    if spec.test_dataset_id is not None:
+        test_texts, test_labels = _load_records(settings, spec.test_dataset_id)
+    elif spec.test_split > 0:
+        keep, held_out = stratified_split([index[y] for y in labels], spec.test_split, spec.seed + 1)
+        test_texts, test_labels = [texts[i] for i in held_out], [labels[i] for i in held_out]
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     try:
         device = resolve_device(spec.device)
     except CudaUnavailable:
@@ -125,12 +137,30 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
         result.encoder.save(work_dir / "tokenizer.json")
         (work_dir / "labels.json").write_text(json.dumps(label_names, ensure_ascii=False))
         (work_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+        val_idx = stratified_split([index[y] for y in labels], spec.validation_split, spec.seed)[1]
+        val_texts, val_y = [texts[i] for i in val_idx], [index[labels[i]] for i in val_idx]
         try:
-            parity = check_parity(result.model, work_dir / "model.onnx", result.encoder,
-                                  _validation_texts(texts, labels, label_names, spec))
+            parity = check_parity(result.model, work_dir / "model.onnx", result.encoder, val_texts[:PARITY_SAMPLE])
         except ParityError as exc:
             raise JobFailed(ErrorCode.onnx_parity_failed, f"onnxruntime disagrees with torch: {exc}") from None
-        metrics = {**_flat_metrics(result.metrics), "onnx_parity": parity, "device": device_name}
+
+        # evaluate the exported model, i.e. exactly what will be served
+        _write_progress(sm, job_id, {**_last_progress(result, spec), "stage": "evaluating"})
+        predictor = OnnxPredictor(work_dir)
+        evaluation = {"validation": evaluate(predictor.predict_proba(val_texts), val_y, label_names, val_texts),
+                      "test": None}
+        known = [i for i, y in enumerate(test_labels) if y in index]
+        if known:
+            kept_texts = [test_texts[i] for i in known]
+            evaluation["test"] = evaluate(predictor.predict_proba(kept_texts), [index[test_labels[i]] for i in known],
+                                          label_names, kept_texts)
+            # Test rows whose label the model never saw cannot be scored; say how many were left out.
+            evaluation["test"]["unknown_label_examples"] = len(test_labels) - len(known)
+        del predictor
+        metrics = {**_flat_metrics(result.metrics), "onnx_parity": parity, "device": device_name,
+                   "dataset_sha256": dataset_sha256, "seed": spec.seed,
+                   **_summary(evaluation["test"], "test")}
+        (work_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         os.replace(work_dir, final_dir)
     except BaseException:
@@ -143,7 +173,7 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
         with sm.begin() as session:
             session.add(Model(id=model_id, name=spec.name or f"model-{str(model_id)[:8]}", job_id=job_id,
                               dataset_id=spec.dataset_id, labels=label_names, spec=spec.model_dump(mode="json"),
-                              metrics=metrics, artifacts=artifacts))
+                              metrics=metrics, artifacts=artifacts, evaluation=evaluation))
             session.flush()
             done = jobs.finish_job(session=session, job_id=job_id, status=JobStatus.succeeded, metrics=metrics,
                                    model_id=model_id, progress={**_last_progress(result, spec), "stage": "done",
@@ -184,13 +214,17 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _validation_texts(texts: list[str], labels: list[str], label_names: list[str], spec: TrainingSpec) -> list[str]:
-    """The validation split's texts (the same split train() made), capped for the parity check."""
-    from worker.ml.train import stratified_split
+def _load_records(settings: Settings, dataset_id: uuid.UUID) -> tuple[list[str], list[str]]:
+    path = records_path(settings, dataset_id)
+    if not path.exists():
+        raise JobFailed(ErrorCode.dataset_missing, f"Dataset {dataset_id} is gone; upload it again.")
+    return ingest.read_records(path)
 
-    index = {name: i for i, name in enumerate(label_names)}
-    _, val_idx = stratified_split([index[y] for y in labels], spec.validation_split, spec.seed)
-    return [texts[i] for i in val_idx[:PARITY_SAMPLE]]
+
+def _summary(evaluation: dict[str, Any] | None, prefix: str) -> dict[str, float]:
+    if evaluation is None:
+        return {}
+    return {f"{prefix}_accuracy": evaluation["accuracy"], f"{prefix}_macro_f1": evaluation["macro_f1"]}
 
 
 def _describe(device, torch) -> str:

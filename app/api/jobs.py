@@ -26,9 +26,11 @@ def job_json(job: TrainingJob) -> dict:
 def create_job():
     spec = parse(TrainingSpec, json_body())
     session = get_session()
-    if datasets.get_dataset(session=session, dataset_id=spec.dataset_id) is None:
-        raise ServiceError(ErrorCode.validation_error, f"No dataset with id {spec.dataset_id}.", 422,
-                           [{"loc": ["dataset_id"], "msg": "dataset not found", "type": "not_found"}])
+    for field in ("dataset_id", "test_dataset_id"):
+        dataset_id = getattr(spec, field)
+        if dataset_id is not None and datasets.get_dataset(session=session, dataset_id=dataset_id) is None:
+            raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
+                               [{"loc": [field], "msg": "dataset not found", "type": "not_found"}])
     job = jobs.create_job(session=session, spec=spec)
     session.commit()
     # Enqueue only after commit, so the worker always finds the row. The task id is the job id.

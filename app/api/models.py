@@ -51,6 +51,13 @@ def get_model(model_id: str):
     return model_json(_model_or_404(model_id))
 
 
+@bp.get("/models/<model_id>/evaluation")
+def get_evaluation(model_id: str):
+    """Validation and test evaluation of the exported model (metrics, per class, confusion matrix, mistakes)."""
+    model = _model_or_404(model_id)
+    return {"model_id": str(model.id), **(model.evaluation or {"validation": None, "test": None})}
+
+
 def _predict(model: Model):
     body = parse(PredictRequest, json_body())
     settings = state().settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -19,6 +19,7 @@ def create_job(*, session: Session, spec: TrainingSpec) -> TrainingJob:
     """A queued job for `spec` (the dataset must exist: the caller checked)."""
     job = TrainingJob(
         dataset_id=spec.dataset_id,
+        test_dataset_id=spec.test_dataset_id,
         status=JobStatus.queued,
         spec=spec.model_dump(mode="json"),
         progress={"stage": "queued", "total_epochs": spec.epochs},
@@ -46,9 +47,10 @@ def list_jobs(*, session: Session, status: str | None, limit: int, offset: int) 
 
 
 def dataset_in_use(*, session: Session, dataset_id: uuid.UUID) -> bool:
-    """True while a queued or running job reads the dataset."""
+    """True while a queued or running job reads the dataset (to train or to test on)."""
     query = select(TrainingJob.id).where(
-        TrainingJob.dataset_id == dataset_id, TrainingJob.status.in_(ACTIVE_STATUSES)).limit(1)
+        or_(TrainingJob.dataset_id == dataset_id, TrainingJob.test_dataset_id == dataset_id),
+        TrainingJob.status.in_(ACTIVE_STATUSES)).limit(1)
     return session.scalar(query) is not None
 
 

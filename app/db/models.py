@@ -34,6 +34,9 @@ class TrainingJob(Base):
     # SET NULL: a finished job outlives its dataset; a running one blocks the delete (API checks).
     dataset_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
+    # The evaluation set, if the spec names one: a delete of it is refused while the job is active, too.
+    test_dataset_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     progress: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -68,6 +71,8 @@ class Model(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType)
     artifacts: Mapped[dict[str, int]] = mapped_column(JSONType)
+    # {"validation": {...}, "test": {...} | None}: see worker/ml/evaluation.py; served by GET .../evaluation.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     alias_rows: Mapped[list[ModelAlias]] = relationship(back_populates="model", lazy="selectin")

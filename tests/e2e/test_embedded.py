@@ -44,6 +44,10 @@ def run_story(base: str) -> None:
     assert model["artifacts"]["model.onnx"] > 0 and "tokenizer.json" in model["artifacts"]
     assert model["metrics"]["onnx_parity"]["argmax_agreement"] == 1.0
 
+    evaluation = requests.get(f"{base}/v1/models/{model['id']}/evaluation", timeout=10).json()
+    assert evaluation["validation"]["examples"] > 0 and evaluation["test"] is None
+    assert evaluation["validation"]["confusion_matrix"]["labels"] == ["cooking", "sports"]
+
     texts = ["the team scored a goal", "stir the soup and season with salt"]
     pred = requests.post(f"{base}/v1/models/{model['id']}/predict", json={"texts": texts, "top_k": 2}, timeout=30)
     assert pred.status_code == 200, pred.text

@@ -375,6 +375,25 @@ def test_delete_dataset_used_by_queued_job_is_409(any_api: Api):
     assert any_api.get(f"/v1/datasets/{dataset_id}").status_code == 200
 
 
+def test_delete_dataset_used_as_a_queued_jobs_test_set_is_409(any_api: Api):
+    dataset_id, test_id = any_api.create_dataset(), any_api.create_dataset()
+    any_api.create_job(dataset_id, test_dataset_id=test_id)
+    with any_api.writes_nothing():
+        assert_error(any_api.delete(f"/v1/datasets/{test_id}"), 409, "conflict", says=("job",))
+
+
+def test_job_on_unknown_test_dataset_is_422(any_api: Api):
+    dataset_id, missing = any_api.create_dataset(), str(uuid.uuid4())
+    with any_api.writes_nothing():
+        error = assert_error(any_api.post("/v1/jobs", json={"dataset_id": dataset_id, "test_dataset_id": missing}),
+                             422, "validation_error", says=(missing,))
+    assert locs(error) == [["test_dataset_id"]]
+    with any_api.writes_nothing():
+        error = assert_error(any_api.post("/v1/jobs", json={"dataset_id": dataset_id, "test_dataset_id": dataset_id,
+                                                            "test_split": 0.2}), 422, "validation_error")
+    assert "not both" in error["details"][0]["msg"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # jobs
 

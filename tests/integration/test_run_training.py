@@ -77,3 +77,44 @@ def test_divergence_is_a_failed_job_not_a_crash(pg):
         job = jobs.get_job(session=s, job_id=job_id)
     assert job.error_code == "training_diverged" and "learning rate" in job.error_message
     assert job.model_id is None
+
+
+def test_held_out_test_split_is_evaluated_on_the_exported_model(pg):
+    settings, sm = pg
+    job_id = queue_job(settings, sm, test_split=0.25, epochs=2)
+    assert run_training(sessionmaker=sm, settings=settings, job_id=job_id) == "succeeded"
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+        model = s.get(Model, job.model_id)
+        evaluation = model.evaluation
+    val, test = evaluation["validation"], evaluation["test"]
+    # 72 rows: 18 held out for test (stratified), then 10% of the remaining 54 for validation.
+    assert test["examples"] == 18 and val["examples"] == 6
+    assert sum(map(sum, test["confusion_matrix"]["matrix"])) == 18
+    assert [c["support"] for c in test["per_class"]] == [9, 9]
+    # The ONNX model's validation accuracy is the one training measured with torch (parity).
+    assert val["accuracy"] == pytest.approx(job.metrics["val_accuracy"])
+    assert job.metrics["test_accuracy"] == test["accuracy"] and "test_macro_f1" in job.metrics
+    assert job.metrics["dataset_sha256"] and job.metrics["seed"] == 0
+    assert (settings.models_dir / str(job.model_id) / "evaluation.json").exists()
+
+
+def test_a_separate_test_dataset_with_an_unseen_label(pg):
+    settings, sm = pg
+    job_id = queue_job(settings, sm)
+    parsed = ingest.parse_records(
+        [{"text": "the goalkeeper saved a penalty", "label": "sports"},
+         {"text": "boil the pasta in salted water", "label": "cooking"},
+         {"text": "the election results are in", "label": "politics"}],
+        limits=ingest.Limits(max_rows=1000, max_text_chars=1000, max_labels=10))
+    with sm.begin() as s:
+        test_ds = add_dataset(session=s, settings=settings, name="test", parsed=parsed)
+        job = jobs.get_job(session=s, job_id=job_id)
+        job.spec = {**job.spec, "test_dataset_id": str(test_ds.id)}
+        job.test_dataset_id = test_ds.id
+        assert jobs.dataset_in_use(session=s, dataset_id=test_ds.id)
+    assert run_training(sessionmaker=sm, settings=settings, job_id=job_id) == "succeeded"
+    with sm() as s:
+        model = s.get(Model, jobs.get_job(session=s, job_id=job_id).model_id)
+    assert model.evaluation["test"]["examples"] == 2
+    assert model.evaluation["test"]["unknown_label_examples"] == 1
