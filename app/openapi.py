@@ -90,12 +90,16 @@ def build_openapi() -> dict[str, Any]:
                      "responses": {"202": {"description": "Queued", **_json(_ref("JobRead"))},
                                    **_errors(400, 415, 422, 503)}},
             "get": {"summary": "List jobs", "parameters": [*_PAGING, {"name": "status", "in": "query", "schema": {
-                "type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}}],
+                "type": "string", "enum": ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]}}],
                 "responses": {"200": {"description": "A page", **_json(_page("JobRead"))}, **_errors(422)}},
         },
         "/v1/jobs/{job_id}": {"parameters": [_path_id("job_id")], "get": {
             "summary": "A job with progress, history and metrics",
             "responses": {"200": {"description": "Found", **_json(_ref("JobRead"))}, **_errors(404)}}},
+        "/v1/jobs/{job_id}/cancel": {"parameters": [_path_id("job_id")], "post": {
+            "summary": "Cancel a job (queued: at once; running: within about a second)",
+            "responses": {"200": {"description": "Cancelled", **_json(_ref("JobRead"))},
+                          "202": {"description": "Cancelling", **_json(_ref("JobRead"))}, **_errors(404, 409)}}},
         "/v1/models": {"get": {"summary": "List models", "parameters": _PAGING, "responses": {
             "200": {"description": "A page", **_json(_page("ModelRead"))}, **_errors(422)}}},
         "/v1/models/{model_id}": {"parameters": [_path_id("model_id")], "get": {

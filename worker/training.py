@@ -29,6 +29,10 @@ PROGRESS_INTERVAL_S = 2.0
 PARITY_SAMPLE = 64
 
 
+class JobCancelled(Exception):
+    """The user cancelled the job while it ran."""
+
+
 class JobFailed(Exception):
     """A failure that belongs to the job (bad data, divergence, parity), not to the infrastructure."""
 
@@ -52,6 +56,12 @@ def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job
     log.info("job %s: claimed", job_id)
     try:
         model_id, metrics = _train_and_register(sessionmaker, settings, job_id, spec, dataset_sha256)
+    except JobCancelled:
+        log.info("job %s cancelled", job_id)
+        with sessionmaker.begin() as session:
+            jobs.finish_job(session=session, job_id=job_id, status=JobStatus.cancelled,
+                            progress={"stage": "cancelled"})
+        return JobStatus.cancelled
     except JobFailed as exc:
         log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
         _fail(sessionmaker, job_id, exc.code, exc.message)
@@ -118,13 +128,13 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
 
     try:
         result = train(spec, texts, labels, label_names=label_names, device=device, on_progress=on_progress,
-                       should_stop=lambda: False)
+                       should_stop=lambda: _cancel_requested(sm, job_id))
     except TrainingDiverged as exc:
         raise JobFailed(ErrorCode.training_diverged,
                         f"The loss became NaN or infinite ({exc}); lower the learning rate or clip gradients.") \
             from None
     except TrainingCancelled:
-        raise JobFailed(ErrorCode.training_error, "Training was stopped.") from None
+        raise JobCancelled() from None
 
     # export: into a private folder first, renamed into place only once complete and checked
     _write_progress(sm, job_id, {**_last_progress(result, spec), "stage": "exporting"})
@@ -166,6 +176,10 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
+
+    if _cancel_requested(sm, job_id):  # cancelled during export: register nothing
+        shutil.rmtree(final_dir, ignore_errors=True)
+        raise JobCancelled()
 
     # register: model row and job status in one transaction
     artifacts = {p.name: p.stat().st_size for p in sorted(final_dir.iterdir())}
@@ -212,6 +226,15 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _cancel_requested(sm: sessionmaker[Session], job_id: uuid.UUID) -> bool:
+    """True once the user asked to cancel (train() calls this about once a second)."""
+    try:
+        with sm() as session:
+            return jobs.get_status(session=session, job_id=job_id) == JobStatus.cancelling
+    except OperationalError:
+        return False  # a database blip is not a cancel
 
 
 def _load_records(settings: Settings, dataset_id: uuid.UUID) -> tuple[list[str], list[str]]:

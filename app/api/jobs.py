@@ -64,3 +64,20 @@ def get_job(job_id: str):
     if job is None:
         raise ServiceError(ErrorCode.not_found, f"No job with id {job_id}.", 404)
     return job_json(job)
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    """Cancel a queued job at once; a running job goes `cancelling`, then `cancelled` within about a second."""
+    uid = parse_uuid(job_id, "job")
+    session = get_session()
+    if jobs.get_job(session=session, job_id=uid) is None:
+        raise ServiceError(ErrorCode.not_found, f"No job with id {job_id}.", 404)
+    status = jobs.request_cancel(session=session, job_id=uid)
+    session.commit()
+    job = jobs.get_job(session=session, job_id=uid)
+    session.refresh(job)
+    if status not in (JobStatus.cancelled, JobStatus.cancelling):
+        raise ServiceError(ErrorCode.conflict, f"Job {job_id} already ended ({status}); nothing to cancel.", 409,
+                           {"status": status})
+    return job_json(job), 202 if status == JobStatus.cancelling else 200

@@ -12,7 +12,7 @@ from app.db.base import utcnow
 from app.db.models import TrainingJob
 from app.spec import JobStatus, TrainingSpec
 
-ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
+ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
 
 
 def create_job(*, session: Session, spec: TrainingSpec) -> TrainingJob:
@@ -78,17 +78,40 @@ def update_progress(*, session: Session, job_id: uuid.UUID, progress: dict[str, 
         values["device"] = device
     session.execute(
         update(TrainingJob)
-        .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.running)
+        .where(TrainingJob.id == job_id, TrainingJob.status.in_((JobStatus.running, JobStatus.cancelling)))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    return get_status(session=session, job_id=job_id)
+
+
+def request_cancel(*, session: Session, job_id: uuid.UUID) -> str | None:
+    """Cancel a queued job at once, or ask a running one to stop; returns the job's status afterwards."""
+    now = utcnow()
+    session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, finished_at=now, progress={"stage": "cancelled"})
+        .execution_options(synchronize_session=False)
+    )
+    # The worker checks for `cancelling` about once a second and stops within one training step.
+    session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.running)
+        .values(status=JobStatus.cancelling)
+        .execution_options(synchronize_session=False)
+    )
+    return session.scalar(select(TrainingJob.status).where(TrainingJob.id == job_id))
+
+
+def get_status(*, session: Session, job_id: uuid.UUID) -> str | None:
     return session.scalar(select(TrainingJob.status).where(TrainingJob.id == job_id))
 
 
 def finish_job(*, session: Session, job_id: uuid.UUID, status: JobStatus, metrics: dict[str, Any] | None = None,
                model_id: uuid.UUID | None = None, error_code: str | None = None,
                error_message: str | None = None, progress: dict[str, Any] | None = None) -> bool:
-    """Move a running job to a terminal status; False if it was no longer running."""
+    """Move a running (or cancelling) job to a terminal status; False if it was no longer active."""
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
     if metrics is not None:
         values["metrics"] = metrics
@@ -100,7 +123,7 @@ def finish_job(*, session: Session, job_id: uuid.UUID, status: JobStatus, metric
         values["progress"] = progress
     result = session.execute(
         update(TrainingJob)
-        .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.running)
+        .where(TrainingJob.id == job_id, TrainingJob.status.in_((JobStatus.running, JobStatus.cancelling)))
         .values(**values)
         .execution_options(synchronize_session=False)
     )

@@ -394,6 +394,15 @@ def test_job_on_unknown_test_dataset_is_422(any_api: Api):
     assert "not both" in error["details"][0]["msg"]
 
 
+def test_cancel_a_queued_job(any_api: Api):
+    job = any_api.create_job(any_api.create_dataset())
+    resp = any_api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "cancelled"
+    assert any_api.post(f"/v1/jobs/{job['id']}/cancel").get_json()["status"] == "cancelled"  # idempotent
+    assert any_api.get(f"/v1/jobs?status=cancelled").get_json()["total"] >= 1
+    assert_error(any_api.post(f"/v1/jobs/{uuid.uuid4()}/cancel"), 404, "not_found")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # jobs
 

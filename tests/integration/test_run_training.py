@@ -118,3 +118,42 @@ def test_a_separate_test_dataset_with_an_unseen_label(pg):
         model = s.get(Model, jobs.get_job(session=s, job_id=job_id).model_id)
     assert model.evaluation["test"]["examples"] == 2
     assert model.evaluation["test"]["unknown_label_examples"] == 1
+
+
+def test_cancel_a_queued_job_then_its_message_trains_nothing(pg):
+    settings, sm = pg
+    job_id = queue_job(settings, sm)
+    with sm.begin() as s:
+        assert jobs.request_cancel(session=s, job_id=job_id) == "cancelled"
+    assert run_training(sessionmaker=sm, settings=settings, job_id=job_id) == "skipped"
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+        assert job.status == "cancelled" and job.model_id is None and job.attempts == 0
+
+
+def test_cancel_a_running_job_stops_it_within_seconds(pg):
+    import threading
+    import time
+
+    settings, sm = pg
+    job_id = queue_job(settings, sm, epochs=200)  # minutes of training if nothing stopped it
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(
+        run_training(sessionmaker=sm, settings=settings, job_id=job_id)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with sm() as s:
+            job = jobs.get_job(session=s, job_id=job_id)
+            if job.status == "running" and job.history:
+                break
+        time.sleep(0.2)
+    with sm.begin() as s:
+        assert jobs.request_cancel(session=s, job_id=job_id) == "cancelling"
+    asked = time.monotonic()
+    thread.join(timeout=30)
+    assert result == ["cancelled"] and time.monotonic() - asked < 10
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+        assert job.status == "cancelled" and job.model_id is None and len(job.history) < 200
+        assert s.query(Model).filter_by(job_id=job_id).count() == 0
