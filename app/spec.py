@@ -127,6 +127,7 @@ class TrainingSpec(_Strict):
 class JobStatus(StrEnum):
     queued = "queued"
     running = "running"
+    cancelling = "cancelling"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
