@@ -46,6 +46,10 @@ def _path_id(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 
 
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "Retries with the same key and body get the first reply."}
+
 _PAGING = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}]
 
@@ -69,7 +73,7 @@ def build_openapi() -> dict[str, Any]:
         "/readyz": {"get": {"summary": "Readiness: database and broker reachable",
                             "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
         "/v1/datasets": {
-            "post": {"summary": "Upload a labelled dataset", "requestBody": {"required": True, "content": {
+            "post": {"summary": "Upload a labelled dataset", "parameters": [_IDEMPOTENCY], "requestBody": {"required": True, "content": {
                 "multipart/form-data": {"schema": upload_schema},
                 "application/json": {"schema": _ref("DatasetCreate")},
                 "text/csv": {"schema": {"type": "string"}}}},
@@ -86,7 +90,7 @@ def build_openapi() -> dict[str, Any]:
                                                                     **_errors(404, 409)}},
         },
         "/v1/jobs": {
-            "post": {"summary": "Start training", "requestBody": {"required": True, **_json(_ref("TrainingSpec"))},
+            "post": {"summary": "Start training", "parameters": [_IDEMPOTENCY], "requestBody": {"required": True, **_json(_ref("TrainingSpec"))},
                      "responses": {"202": {"description": "Queued", **_json(_ref("JobRead"))},
                                    **_errors(400, 415, 422, 503)}},
             "get": {"summary": "List jobs", "parameters": [*_PAGING, {"name": "status", "in": "query", "schema": {

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 from flask import Blueprint, request
+from sqlalchemy.exc import IntegrityError
 
 from app import ingest
+from app.api import idempotency
 from app.api.common import json_body, page_args, parse, parse_uuid
 from app.db import datasets, jobs
 from app.db.models import Dataset
@@ -58,20 +60,30 @@ def _read_upload() -> tuple[str, ingest.ParsedDataset]:
 
 @bp.post("/datasets")
 def create_dataset():
+    key = idempotency.request_key()
     name, parsed = _read_upload()
     if not 1 <= len(name) <= 200 or not re.match(NAME_PATTERN, name):
         raise ServiceError(ErrorCode.validation_error, "name must be 1 to 200 characters, no control characters.",
                            422, [{"loc": ["name"], "msg": "invalid name", "type": "value_error"}])
+    request_hash = idempotency.fingerprint({"name": name, "sha256": parsed.sha256, "format": parsed.format})
     session = get_session()
+    if stored := idempotency.replay(session, "datasets", key, request_hash):
+        return stored
     settings = state().settings
     dataset = datasets.add_dataset(session=session, settings=settings, name=name, parsed=parsed)
+    body = DatasetRead.model_validate(dataset).model_dump(mode="json")
+    location = f"/v1/datasets/{dataset.id}"
+    idempotency.remember(session, "datasets", key, request_hash, body, 201, location)
     try:
         session.commit()
-    except Exception:  # nothing half-stored: no row without its file, no file without its row
+    except Exception as exc:  # nothing half-stored: no row without its file, no file without its row
         datasets.records_path(settings, dataset.id).unlink(missing_ok=True)
+        session.rollback()
+        if isinstance(exc, IntegrityError) and idempotency.is_key_race(exc):
+            return idempotency.replay(session, "datasets", key, request_hash)
         raise
     log.info("dataset %s stored: %d rows, %d labels", dataset.id, dataset.row_count, len(dataset.labels))
-    return DatasetRead.model_validate(dataset).model_dump(mode="json"), 201, {"Location": f"/v1/datasets/{dataset.id}"}
+    return body, 201, {"Location": location}
 
 
 @bp.get("/datasets")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, request
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 
+from app.api import idempotency
 from app.api.common import json_body, page_args, parse, parse_uuid
 from app.db import datasets, jobs
-from app.db.models import TrainingJob
+from app.db.models import IdempotencyKey, TrainingJob
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
 from app.spec import JobRead, JobStatus, TrainingSpec
@@ -24,26 +27,39 @@ def job_json(job: TrainingJob) -> dict:
 
 @bp.post("/jobs")
 def create_job():
+    key = idempotency.request_key()
     spec = parse(TrainingSpec, json_body())
+    request_hash = idempotency.fingerprint(spec.model_dump(mode="json"))
     session = get_session()
+    if stored := idempotency.replay(session, "jobs", key, request_hash):
+        return stored
     for field in ("dataset_id", "test_dataset_id"):
         dataset_id = getattr(spec, field)
         if dataset_id is not None and datasets.get_dataset(session=session, dataset_id=dataset_id) is None:
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
                                [{"loc": [field], "msg": "dataset not found", "type": "not_found"}])
     job = jobs.create_job(session=session, spec=spec)
-    session.commit()
+    body, location = job_json(job), f"/v1/jobs/{job.id}"
+    idempotency.remember(session, "jobs", key, request_hash, body, 202, location)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        if idempotency.is_key_race(exc):  # a concurrent retry with the same key won: answer as it did
+            return idempotency.replay(session, "jobs", key, request_hash)
+        raise
     # Enqueue only after commit, so the worker always finds the row. The task id is the job id.
     try:
         state().celery.send_task(TRAIN_TASK, args=[str(job.id)], task_id=str(job.id))
     except Exception:
         log.exception("could not enqueue job %s", job.id)
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.endpoint == "jobs", IdempotencyKey.key == key))
         session.delete(job)
         session.commit()
         raise ServiceError(ErrorCode.unavailable, "The job queue is unavailable; nothing was queued. Try again.",
                            503) from None
     log.info("job %s queued on dataset %s", job.id, spec.dataset_id)
-    return job_json(job), 202, {"Location": f"/v1/jobs/{job.id}"}
+    return body, 202, {"Location": location}
 
 
 @bp.get("/jobs")

@@ -90,3 +90,17 @@ class ModelAlias(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     model: Mapped[Model] = relationship(back_populates="alias_rows")
+
+
+class IdempotencyKey(Base):
+    """The first reply to a POST sent with an Idempotency-Key; the same key and body get it again."""
+
+    __tablename__ = "idempotency_keys"
+
+    endpoint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    location: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
