@@ -35,6 +35,11 @@ serve: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Accuracy and speed against fastText (bigrams) and TF-IDF + logistic regression on ../shared/datasets.
+bench-accuracy: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[worker,bench]"
+	$(BIN)/python bench/accuracy.py $(BENCH_ARGS)
+
 gpu-check: $(VENV)/.installed
 	bash bench/gpu_check.sh
 

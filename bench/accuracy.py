@@ -1,0 +1,336 @@
+"""Test accuracy of our default model against fastText and TF-IDF + logistic regression, on the shared datasets.
+
+    python bench/accuracy.py                                   # every dataset, the default spec
+    python bench/accuracy.py --datasets trec sms_spam --presets default fast --device cpu
+    TEXTCLF_BENCH_DATA=/path/to/datasets python bench/accuracy.py
+
+Needs the `worker` and `bench` extras (`pip install -e '.[worker,bench]'`).
+
+For each dataset (splits as in bench/datasets.py: the official test set, or fold 0 of cv10_folds.csv for mr and
+sms_spam) and each preset:
+- ours: worker.ml.train.train() on the training set (it holds out its own validation share for picking the best
+  epoch), exported to ONNX and scored on the test set through app.ml.predictor.OnnxPredictor, the path the
+  service serves. Training time is the wall time around train(); export and prediction are timed apart.
+- fastText (FASTTEXT below) and TF-IDF + LogisticRegression (TFIDF, LOGREG below) on the same training and test
+  sets, one fixed configuration for every dataset, trained once per dataset.
+"meets bar" asks ours accuracy >= max(fastText, TF-IDF+LR, Kim 2014 CNN-rand where published).
+Prints one table and writes JSON to --out (default bench/results/accuracy.json), rewritten after each dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from uuid import uuid4
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import sklearn  # noqa: E402
+import torch  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
+
+from app.ml.predictor import OnnxPredictor  # noqa: E402
+from app.spec import TrainingSpec  # noqa: E402
+from bench.datasets import DATASETS, DEFAULT_DATA_DIR, Split, load_split  # noqa: E402
+from worker.ml import train as train_module  # noqa: E402
+from worker.ml.export import export_onnx  # noqa: E402
+from worker.ml.train import resolve_device, train  # noqa: E402
+
+# Kim (2014) Table 2, CNN-rand (no pretrained vectors). MR is 10-fold CV there; we test on fold 0 only.
+# sst2_glue's test set is the GLUE dev set, not Kim's SST-2 test set, so it has no reference figure.
+KIM_2014 = {"mr": 76.1, "sst2": 82.7, "trec": 91.2}
+
+# fastText's own supervised example (python/doc/examples/train_supervised.py; the "Text classification" tutorial's
+# final command): lr 1.0, 25 epochs, word bigrams; every other argument is train_supervised's default
+# (dim 100, softmax loss, minCount 1, bucket 2M, lrUpdateRate 100, no char n-grams).
+FASTTEXT = {"lr": 1.0, "epoch": 25, "wordNgrams": 2, "dim": 100, "loss": "softmax", "minCount": 1,
+            "bucket": 2_000_000, "thread": 2, "verbose": 0}
+# The tutorial's preprocessing: punctuation split off words (sed "s/\([.\!?,'/()]\)/ \1 /g"), then lower-cased.
+_FT_PUNCT = re.compile(r"([.!?,'/()])")
+
+TFIDF = {"ngram_range": (1, 2), "sublinear_tf": True, "min_df": 1}
+LOGREG = {"C": 10.0, "max_iter": 5000}
+
+
+# The files whose code this run uses, hashed at start: the working tree may differ from git_commit.
+SOURCE_SHA256 = {
+    path: hashlib.sha256((ROOT / path).read_bytes()).hexdigest()[:16]
+    for path in ("app/spec.py", "app/ml/tokenizer.py", "app/ml/predictor.py", "worker/ml/model.py",
+                 "worker/ml/train.py", "worker/ml/export.py")
+    if (ROOT / path).exists()
+}
+
+
+# -----------------------------------------------------------------------------
+# metrics
+
+
+def scores(true: list[str], predicted: list[str]) -> dict:
+    """accuracy and macro-F1 in percent; macro over the classes in either list (as worker.ml.train does)."""
+    return {"accuracy": round(100 * accuracy_score(true, predicted), 2),
+            "macro_f1": round(100 * f1_score(true, predicted, average="macro", zero_division=0), 2)}
+
+
+# -----------------------------------------------------------------------------
+# ours
+
+
+def spec_presets(names: list[str]) -> tuple[list[tuple[str, dict]], list[str]]:
+    """[(preset, extra spec fields)] and notes on presets skipped. `default` is the spec with no extra fields."""
+    runs, notes = [], []
+    has_preset = "preset" in TrainingSpec.model_fields
+    for name in names:
+        if name == "default":
+            runs.append((name, {}))
+        elif not has_preset:
+            notes.append(f"preset {name!r} skipped: TrainingSpec has no `preset` field")
+        else:
+            try:
+                TrainingSpec.model_validate({"dataset_id": str(uuid4()), "preset": name})
+            except ValueError as e:
+                notes.append(f"preset {name!r} skipped: {e}".splitlines()[0])
+                continue
+            runs.append((name, {"preset": name}))
+    return runs, notes
+
+
+def run_ours(split: Split, extra: dict, *, seed: int, device: str) -> dict:
+    """Train through worker.ml.train, export to ONNX, score the test set with OnnxPredictor."""
+    spec = TrainingSpec.model_validate({"dataset_id": str(uuid4()), "seed": seed, "device": device, **extra})
+    dev = resolve_device(spec.device)
+    label_names = sorted(set(split.train_labels))
+
+    t = time.perf_counter()
+    result = train(spec, split.train_texts, split.train_labels, label_names=label_names, device=dev)
+    train_s = time.perf_counter() - t
+
+    out = {"device": str(dev), "train_s": round(train_s, 2), "epochs_run": result.metrics.get("epochs_run"),
+           "best_epoch": result.metrics.get("best_epoch"),
+           "val_accuracy": round(100 * result.metrics["accuracy"], 2),
+           "val_macro_f1": round(100 * result.metrics["macro_f1"], 2),
+           "spec": spec.model_dump(mode="json")}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        t = time.perf_counter()
+        export_onnx(result.model, folder / "model.onnx", vocab_size=result.encoder.vocab_size)
+        out["export_s"] = round(time.perf_counter() - t, 2)
+        result.encoder.save(folder / "tokenizer.json")
+        (folder / "labels.json").write_text(json.dumps(label_names))
+        (folder / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
+        predictor = OnnxPredictor(folder)
+        t = time.perf_counter()
+        proba = predictor.predict_proba(split.test_texts)
+        out["predict_s"] = round(time.perf_counter() - t, 3)
+        out["onnx_providers"] = predictor.providers
+    predicted = [label_names[i] for i in proba.argmax(axis=1)]
+    out.update(scores(split.test_labels, predicted))
+
+    # Cross-check against the torch model when worker.ml.train has a predict_proba (newer trees do).
+    torch_predict = getattr(train_module, "predict_proba", None)
+    if torch_predict is not None:
+        try:
+            torch_proba = np.asarray(torch_predict(result.model, result.encoder, split.test_texts, dev))
+            torch_pred = torch_proba.argmax(axis=1)
+            out["torch_accuracy"] = scores(split.test_labels, [label_names[i] for i in torch_pred])["accuracy"]
+            out["torch_onnx_argmax_agreement"] = round(float(np.mean(torch_pred == proba.argmax(axis=1))), 4)
+        except Exception as e:  # noqa: BLE001 (a cross-check only; its signature may still change)
+            out["torch_check_error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+# -----------------------------------------------------------------------------
+# peers
+
+
+def fasttext_line(text: str) -> str:
+    return " ".join(_FT_PUNCT.sub(r" \1 ", text).lower().split())
+
+
+def run_fasttext(split: Split, *, seed: int) -> dict:
+    """fastText supervised (FASTTEXT) trained on a temp file; per-text predictions through the C++ object."""
+    import fasttext
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_path, test_path = Path(tmp) / "train.txt", Path(tmp) / "test.txt"
+        for path, texts, labels in ((train_path, split.train_texts, split.train_labels),
+                                    (test_path, split.test_texts, split.test_labels)):
+            path.write_text("".join(f"__label__{y} {fasttext_line(x)}\n" for x, y in zip(texts, labels)),
+                            encoding="utf-8")
+        t = time.perf_counter()
+        model = fasttext.train_supervised(input=str(train_path), seed=seed, **FASTTEXT)
+        train_s = time.perf_counter() - t
+        n, precision_at_1, _ = model.test(str(test_path))
+
+    out = {"train_s": round(train_s, 2), "test_precision_at_1": round(100 * precision_at_1, 2), "test_n": n}
+    # FastText.predict() breaks on NumPy 2 (np.array(copy=False)); the C++ object's predict does not touch NumPy.
+    try:
+        t = time.perf_counter()
+        predicted = []
+        for text in split.test_texts:
+            best = model.f.predict(fasttext_line(text) + "\n", 1, 0.0, "strict")
+            predicted.append(best[0][1].removeprefix("__label__") if best else "")
+        out["predict_s"] = round(time.perf_counter() - t, 3)
+        out.update(scores(split.test_labels, predicted))
+    except Exception as e:  # noqa: BLE001
+        out.update({"accuracy": out["test_precision_at_1"], "macro_f1": None,
+                    "predict_error": f"{type(e).__name__}: {e}"})
+    return out
+
+
+def run_tfidf(split: Split, *, seed: int) -> dict:
+    """TF-IDF word 1-2-grams + multinomial logistic regression (TFIDF, LOGREG), one fit on the training set."""
+    t = time.perf_counter()
+    vectorizer = TfidfVectorizer(**TFIDF)
+    x_train = vectorizer.fit_transform(split.train_texts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf = LogisticRegression(random_state=seed, **LOGREG).fit(x_train, split.train_labels)
+    train_s = time.perf_counter() - t
+    predicted = list(clf.predict(vectorizer.transform(split.test_texts)))
+    return {"train_s": round(train_s, 2), "features": x_train.shape[1], "lbfgs_iterations": int(np.max(clf.n_iter_)),
+            "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
+            **scores(split.test_labels, predicted)}
+
+
+# -----------------------------------------------------------------------------
+# report
+
+
+def bar(row: dict) -> tuple[float, bool, float]:
+    """(bar, met, margin): the best of the peers and Kim 2014, whether ours reaches it, ours minus bar."""
+    candidates = [row["fasttext"]["accuracy"], row["tfidf_lr"]["accuracy"]]
+    if row["kim_2014"] is not None:
+        candidates.append(row["kim_2014"])
+    best = max(candidates)
+    margin = round(row["ours"]["accuracy"] - best, 2)
+    return best, margin >= 0, margin
+
+
+def table(rows: list[dict]) -> str:
+    head = ["dataset", "preset", "ours acc", "ours macro-F1", "ours train s", "fastText acc", "fastText s",
+            "TF-IDF+LR acc", "TF-IDF s", "Kim 2014", "ours/fastText time", "meets bar?"]
+    lines = [head]
+    for r in rows:
+        _, met, margin = bar(r)
+        o, ft, lr = r["ours"], r["fasttext"], r["tfidf_lr"]
+        lines.append([
+            r["dataset"], r["preset"], f"{o['accuracy']:.1f}", f"{o['macro_f1']:.1f}", f"{o['train_s']:.1f}",
+            f"{ft['accuracy']:.1f}", f"{ft['train_s']:.1f}", f"{lr['accuracy']:.1f}", f"{lr['train_s']:.1f}",
+            "" if r["kim_2014"] is None else f"{r['kim_2014']:.1f}",
+            f"{o['train_s'] / ft['train_s']:.1f}x" if ft["train_s"] > 0 else "",
+            f"yes (+{margin:.1f})" if met else f"NO ({margin:.1f})",
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    fmt = [" | ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    fmt.insert(1, "-|-".join("-" * w for w in widths))
+    return "\n".join(fmt)
+
+
+def environment(device: str) -> dict:
+    import fasttext  # noqa: F401 (version lookup below)
+    from importlib.metadata import version
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                                    check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "requested_device": device, "cpu_count": os.cpu_count(), "numpy": np.__version__,
+        "scikit_learn": sklearn.__version__, "fasttext": version("fasttext-wheel"),
+        "onnxruntime": version("onnxruntime-gpu") if _installed("onnxruntime-gpu") else version("onnxruntime"),
+        "git_commit": commit, "git_dirty": dirty, "source_sha256": SOURCE_SHA256,
+    }
+
+
+def _installed(dist: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(dist)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    parser.add_argument("--presets", nargs="+", default=["default"],
+                        help="spec presets; `default` is the spec with no extra fields")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="folder of dataset folders (default: $TEXTCLF_BENCH_DATA or ../shared/datasets)")
+    parser.add_argument("--seed", type=int, default=0, help="spec seed, fastText seed, LogisticRegression seed")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="spec device for ours")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
+    args = parser.parse_args()
+
+    presets, notes = spec_presets(args.presets)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not presets:
+        raise SystemExit("no preset to run")
+    report = {
+        "env": environment(args.device), "data_dir": str(args.data_dir), "seed": args.seed, "notes": notes,
+        "peers": {"fasttext": {**FASTTEXT, "seed": args.seed,
+                               "preprocessing": "punctuation .!?,'/() split off words, lower-cased"},
+                  "tfidf": {**TFIDF, "ngram_range": list(TFIDF["ngram_range"])},
+                  "logistic_regression": {**LOGREG, "solver": "lbfgs (default)", "random_state": args.seed}},
+        "kim_2014_cnn_rand": KIM_2014, "results": [],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.datasets:
+        split = load_split(args.data_dir, name)
+        print(f"{name}: {len(split.train_texts)} train / {len(split.test_texts)} test, "
+              f"{len(set(split.train_labels))} classes", file=sys.stderr, flush=True)
+        ours = {}
+        for preset, extra in presets:
+            ours[preset] = run_ours(split, extra, seed=args.seed, device=args.device)
+            print(f"  ours [{preset}]: {json.dumps({k: v for k, v in ours[preset].items() if k != 'spec'})}",
+                  file=sys.stderr, flush=True)
+        fasttext_result = run_fasttext(split, seed=args.seed)
+        print(f"  fastText: {json.dumps(fasttext_result)}", file=sys.stderr, flush=True)
+        tfidf_result = run_tfidf(split, seed=args.seed)
+        print(f"  TF-IDF+LR: {json.dumps(tfidf_result)}", file=sys.stderr, flush=True)
+        for preset, _ in presets:
+            row = {"dataset": name, "preset": preset, "train_rows": len(split.train_texts),
+                   "test_rows": len(split.test_texts), "ours": ours[preset], "fasttext": fasttext_result,
+                   "tfidf_lr": tfidf_result, "kim_2014": KIM_2014.get(name)}
+            row["bar"], row["meets_bar"], row["margin"] = bar(row)
+            report["results"].append(row)
+        args.out.write_text(json.dumps(report, indent=2))
+
+    print(table(report["results"]))
+    env = report["env"]
+    print(f"\nAccuracy and macro-F1 in % on the test split; times in seconds of wall time on {env['cpu_count']} "
+          f"CPU cores{' + ' + env['gpu'] if env['gpu'] else ''}. Bar = max(fastText, TF-IDF+LR, "
+          "Kim 2014); brackets: ours minus bar.")
+    print(f"fastText: train_supervised({', '.join(f'{k}={v!r}' for k, v in FASTTEXT.items())}, seed={args.seed}) "
+          "on lower-cased text with punctuation split off.")
+    print(f"TF-IDF+LR: TfidfVectorizer({', '.join(f'{k}={v!r}' for k, v in TFIDF.items())}) + "
+          f"LogisticRegression({', '.join(f'{k}={v!r}' for k, v in LOGREG.items())}, random_state={args.seed}).")
+    print(f"JSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
