@@ -1,4 +1,5 @@
-"""Word-level tokenizer: fit on training texts, encode batches to padded id arrays. NO torch import.
+"""Word-level or subword (BPE, WordPiece) tokenizer: fit on training texts, encode batches to padded id arrays.
+NO torch import.
 
 The API serves with this module too, so it depends only on numpy and HF `tokenizers`.
 """
@@ -9,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from app.spec import TokenizerSpec
 
@@ -17,25 +18,39 @@ PAD_ID = 0
 UNK_ID = 1
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
+# WordPiece's marker for a piece that continues a word ("play", "##ing"), as in BERT.
+WORDPIECE_PREFIX = "##"
+# Longest word WordPiece splits; longer ones (URLs, hashes) become one [UNK] rather than dozens of pieces.
+WORDPIECE_MAX_CHARS = 100
 # Shortest batch width we emit: the widest default TextCNN kernel is 5 tokens, so a batch of one-word texts
 # still fills at least one full convolution window.
 MIN_TOKENS = 5
 
 
 def fit_tokenizer(texts: Iterable[str], spec: TokenizerSpec) -> Tokenizer:
-    """Train a word-level vocabulary (most frequent words first) on `texts`."""
-    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+    """Train the vocabulary spec.kind names on `texts`: whole words, BPE merges or WordPiece units."""
+    special = [PAD_TOKEN, UNK_TOKEN]  # list order fixes the ids: PAD_ID=0, UNK_ID=1
+    common = {"vocab_size": spec.vocab_size, "min_frequency": spec.min_frequency, "special_tokens": special,
+              "show_progress": False}
+    if spec.kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+        # Cap the starting alphabet so vocab_size holds even on text with thousands of distinct characters
+        # (rarer characters become [UNK]); half the budget leaves room for the merges that make BPE useful.
+        trainer = trainers.BpeTrainer(limit_alphabet=max(spec.vocab_size // 2, 1), **common)
+    elif spec.kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token=UNK_TOKEN, continuing_subword_prefix=WORDPIECE_PREFIX,
+                                               max_input_chars_per_word=WORDPIECE_MAX_CHARS))
+        tokenizer.decoder = decoders.WordPiece(prefix=WORDPIECE_PREFIX)
+        trainer = trainers.WordPieceTrainer(limit_alphabet=max(spec.vocab_size // 2, 1),
+                                            continuing_subword_prefix=WORDPIECE_PREFIX, **common)
+    else:
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+        trainer = trainers.WordLevelTrainer(**common)
     # NFKC folds look-alike code points (full-width letters, ligatures) so they share one vocabulary entry.
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if spec.lowercase else [])
     tokenizer.normalizer = normalizers.Sequence(steps)
     # Whitespace splits on \w+|[^\w\s]+, so "Paris?" gives "Paris" and "?": question marks carry signal.
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(
-        vocab_size=spec.vocab_size,
-        min_frequency=spec.min_frequency,
-        special_tokens=[PAD_TOKEN, UNK_TOKEN],  # list order fixes the ids: PAD_ID=0, UNK_ID=1
-        show_progress=False,
-    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     assert tokenizer.token_to_id(PAD_TOKEN) == PAD_ID and tokenizer.token_to_id(UNK_TOKEN) == UNK_ID
     return tokenizer

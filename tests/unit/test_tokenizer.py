@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +100,59 @@ def test_serving_modules_do_not_import_torch():
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -----------------------------------------------------------------------------
+# subword tokenizers
+
+SYLLABLES = "ka lo mi ne ru ta po si".split()
+# 400 words made of 2-3 syllables; "rutaka" and "posine" never occur, but their syllables do.
+_rng = random.Random(0)
+WORDS = sorted({"".join(_rng.choices(SYLLABLES, k=_rng.randint(2, 3))) for _ in range(600)} - {"rutaka", "posine"})
+CORPUS = [" ".join(_rng.choices(WORDS, k=8)) for _ in range(300)]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_subword_tokenizers_split_unseen_words_into_known_pieces(kind):
+    tok = fit_tokenizer(CORPUS, TokenizerSpec(kind=kind, vocab_size=200))
+    assert tok.token_to_id("[PAD]") == PAD_ID and tok.token_to_id("[UNK]") == UNK_ID
+    encoder = TextEncoder(tok, max_length=32)
+    ids, mask = encoder.encode(["rutaka posine"])  # neither word is in the corpus
+    real = ids[0, mask[0] == 1]
+    assert len(real) > 2 and UNK_ID not in real
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_subword_vocab_size_and_min_frequency_are_respected(kind):
+    big = fit_tokenizer(CORPUS, TokenizerSpec(kind=kind, vocab_size=10_000))
+    small = fit_tokenizer(CORPUS, TokenizerSpec(kind=kind, vocab_size=100))
+    assert small.get_vocab_size() <= 100 < big.get_vocab_size()
+    # Merges of pairs seen fewer than 100 times are not learned: fewer units than with min_frequency=1.
+    rare = fit_tokenizer(CORPUS, TokenizerSpec(kind=kind, vocab_size=10_000, min_frequency=100))
+    assert rare.get_vocab_size() < big.get_vocab_size()
+
+
+def test_subword_alphabet_is_capped_to_fit_vocab_size():
+    texts = ["".join(chr(0x4E00 + i) for i in range(k, k + 20)) for k in range(0, 400, 20)]  # 400 distinct CJK
+    tok = fit_tokenizer(texts, TokenizerSpec(kind="bpe", vocab_size=100))
+    assert tok.get_vocab_size() <= 100
+    ids, _ = TextEncoder(tok, 64).encode([texts[-1]])
+    assert UNK_ID in ids  # characters left out of the alphabet become [UNK]
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe", "wordpiece"])
+def test_saved_tokenizers_load_without_torch(tmp_path: Path, kind):
+    encoder = TextEncoder(fit_tokenizer(CORPUS + TEXTS, TokenizerSpec(kind=kind, vocab_size=300)), max_length=16)
+    path = tmp_path / "tokenizer.json"
+    encoder.save(path)
+    batch = ["The CAT sat!", "", "rutaka posine kalo", "dog " * 30]
+    loaded = TextEncoder.from_file(path, max_length=16)
+    for a, b in zip(encoder.encode(batch), loaded.encode(batch)):
+        np.testing.assert_array_equal(a, b)
+    code = ("import json, sys; from app.ml.tokenizer import TextEncoder; "
+            f"ids, _ = TextEncoder.from_file({str(path)!r}, 16).encode({batch!r}); "
+            "print(json.dumps([ids.tolist(), 'torch' in sys.modules]))")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    ids, torch_loaded = json.loads(out.stdout)
+    assert ids == encoder.encode(batch)[0].tolist() and torch_loaded is False

@@ -9,21 +9,29 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from pydantic import ValidationError
 
 import app.ml.predictor as predictor_mod
 from app.ml.predictor import OnnxPredictor, choose_providers
-from app.spec import OptimizerSpec, SchedulerSpec, TrainingSpec
+from app.ml.tokenizer import PAD_ID, UNK_ID
+from app.spec import AugmentSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
 from worker.ml import train as train_mod
 from worker.ml.export import ParityError, check_parity, export_onnx
+from worker.ml.model import build_model
 from worker.ml.train import (
     CudaUnavailable,
+    SpecDataMismatch,
     TrainingCancelled,
     TrainingDiverged,
+    augment_batch,
     build_optimizer,
     build_scheduler,
+    class_weight_vector,
     evaluate_logits,
+    predict_proba,
     resolve_device,
     stratified_split,
     train,
@@ -57,7 +65,7 @@ TEXTS, Y = make_data()
 
 def tiny_spec(**overrides) -> TrainingSpec:
     """A spec small enough to train in well under a second on 2 cores."""
-    model = {"embedding_dim": 16, "filter_sizes": [2, 3], "num_filters": 8, "ngram_buckets": 1000,
+    model = {"embedding_dim": 16, "filter_sizes": [2, 3], "num_filters": 8, "ngram_buckets": 1000, "hidden_size": 8,
              **overrides.pop("model", {})}
     base = {"dataset_id": str(uuid.uuid4()), "epochs": 2, "batch_size": 8, "seed": 0, "device": "cpu",
             "tokenizer": {"vocab_size": 100, "max_length": 32}, "model": model}
@@ -102,6 +110,46 @@ def test_train_export_parity(tmp_path, model, optimizer, scheduler, batch_norm):
     parity = check_parity(result.model, path, result.encoder, TEXTS)
     assert parity["argmax_agreement"] == 1.0 and parity["max_abs_diff"] <= 1e-4 and parity["cases"] >= 4
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # one self-contained file, no temp left
+
+
+@pytest.mark.parametrize(
+    ("model", "optimizer", "scheduler", "extra"),
+    [
+        ({"name": "bigru"}, "adam", {"name": "multistep", "milestones": [1]}, {}),
+        ({"name": "bigru", "pooling": "max", "num_layers": 2, "batch_norm": True}, "adamw", {"name": "exponential"},
+         {"tokenizer": {"kind": "wordpiece", "vocab_size": 100, "max_length": 32}}),
+        ({"name": "bigru", "pooling": "mean"}, "nesterov", {"name": "cosine"}, {"label_smoothing": 0.1}),
+        ({"name": "textcnn", "max_norm": 3.0}, "adadelta", {"name": "multistep", "milestones": [1, 2]},
+         {"tokenizer": {"kind": "bpe", "vocab_size": 100, "max_length": 32}, "class_weights": "balanced"}),
+        ({"name": "fasttext"}, "sgd", {"name": "exponential", "gamma": 0.5},
+         {"augment": {"deletion": 0.1, "swap": 0.1, "mask": 0.1}, "early_stopping": {"metric": "val_loss"}}),
+    ],
+)
+def test_new_options_train_export_parity(tmp_path, model, optimizer, scheduler, extra):
+    spec = tiny_spec(model=model, optimizer={"name": optimizer}, scheduler=scheduler, **extra)
+    result = train(spec, TEXTS, Y, label_names=LABELS, device=CPU)
+    path = tmp_path / "model.onnx"
+    export_onnx(result.model, path, vocab_size=result.encoder.vocab_size)
+    parity = check_parity(result.model, path, result.encoder, TEXTS)
+    assert parity["argmax_agreement"] == 1.0 and parity["max_abs_diff"] <= 1e-4
+    # Served in a batch with a much longer text, a text scores as it does alone.
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    alone = session.run(None, dict(zip(("input_ids", "attention_mask"), result.encoder.encode(TEXTS[:1]))))[0]
+    batch = result.encoder.encode([TEXTS[0], " ".join(TEXTS[1:6])])
+    together = session.run(None, dict(zip(("input_ids", "attention_mask"), batch)))[0]
+    assert batch[0].shape[1] > 3 * len(TEXTS[0].split())
+    np.testing.assert_allclose(together[0], alone[0], atol=1e-5)
+
+
+def test_fast_preset_trains_exports_and_serves(tmp_path):
+    spec = tiny_spec(preset="fast", epochs=3)
+    assert spec.model.name == "fasttext" and spec.optimizer.name == "sgd" and spec.grad_clip is None
+    result = train(spec, TEXTS, Y, label_names=LABELS, device=CPU)
+    assert not any(m.sparse for m in result.model.modules() if isinstance(m, torch.nn.Embedding))
+    model_dir = write_artifacts(result, spec, tmp_path / "model")
+    check_parity(result.model, model_dir / "model.onnx", result.encoder, TEXTS)
+    texts, labels = make_data(20, seed=5)
+    assert [p["label"] for p in OnnxPredictor(model_dir).predict(texts)] == labels
 
 
 def test_export_has_dynamic_named_axes(tmp_path):
@@ -325,3 +373,302 @@ def test_choose_providers(monkeypatch):
 def test_hidden_gpus_are_not_visible(monkeypatch, value):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
     assert predictor_mod._gpu_visible() is False
+
+
+# -----------------------------------------------------------------------------
+# padding independence, max-norm, sparse SGD, predict_proba, provenance
+
+
+@pytest.mark.parametrize("model", [{"name": "textcnn"}, {"name": "fasttext"}, {"name": "bigru"},
+                                   {"name": "bigru", "pooling": "max", "num_layers": 2},
+                                   {"name": "bigru", "pooling": "mean"}])
+def test_logits_do_not_depend_on_batch_padding(model):
+    torch.manual_seed(0)
+    net = build_model(ModelSpec(embedding_dim=16, hidden_size=8, num_filters=8, ngram_buckets=1000, **model),
+                      vocab_size=50, num_classes=3).eval()
+    short = torch.tensor([[5, 6, 7, 8, 9]])
+    batch = torch.zeros((3, 60), dtype=torch.long)
+    batch[0, :5] = short[0]
+    batch[1] = torch.arange(60) % 48 + 2  # a much longer text sets the batch width
+    mask = (batch != PAD_ID).long()  # row 2 is empty: all padding
+    with torch.no_grad():
+        alone = net(short, torch.ones_like(short))
+        together = net(batch, mask)
+    torch.testing.assert_close(together[0], alone[0], atol=1e-5, rtol=0)
+    assert torch.isfinite(together).all()
+
+
+def test_max_norm_caps_output_weight_rows():
+    spec = tiny_spec(epochs=3, model={"max_norm": 0.05}, optimizer={"name": "adam", "lr": 0.05})
+    result = train(spec, TEXTS, Y, label_names=LABELS, device=CPU)
+    norms = result.model.head.weight.norm(dim=1)
+    assert norms.max() <= 0.05 + 1e-6 and norms.min() > 0.04  # pushed against the cap by a large lr
+
+
+@pytest.mark.parametrize(("optimizer", "grad_clip"), [("sgd", None), ("sgd", 0.5), ("adagrad", 0.5)])
+def test_sparse_embedding_gradients_match_dense_ones(monkeypatch, optimizer, grad_clip):
+    spec = tiny_spec(model={"name": "fasttext"}, optimizer={"name": optimizer, "lr": 2.0}, grad_clip=grad_clip)
+    assert train_mod._sparse_embeddings(build_model(spec.model, vocab_size=50, num_classes=2), spec.optimizer)
+    sparse = train(spec, TEXTS, Y, label_names=LABELS, device=CPU)
+    monkeypatch.setattr(train_mod, "_sparse_embeddings", lambda model, spec: [])
+    dense = train(spec, TEXTS, Y, label_names=LABELS, device=CPU)
+    for (name, a), (_, b) in zip(sparse.model.state_dict().items(), dense.model.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_predict_proba(learned):
+    result, _, _, _ = learned
+    result.model.train()
+    texts = ["dog cat", "bus van", ""] * 300  # more than one EVAL_BATCH
+    proba = predict_proba(result.model, result.encoder, texts, CPU)
+    assert result.model.training  # mode restored
+    result.model.eval()
+    assert proba.dtype == np.float32 and proba.shape == (900, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert proba[0].argmax() == 0 and proba[1].argmax() == 1
+    ids, mask = result.encoder.encode(texts[:3])
+    with torch.no_grad():
+        expected = torch.softmax(result.model(torch.from_numpy(ids), torch.from_numpy(mask)), dim=1).numpy()
+    np.testing.assert_allclose(proba[:3], expected, atol=1e-6)
+    assert predict_proba(result.model, result.encoder, [], "cpu").shape == (0, 2)
+
+
+def test_provenance_and_reproducible_metrics():
+    spec = tiny_spec(epochs=3, augment={"deletion": 0.2, "swap": 0.2, "mask": 0.2}, model={"name": "bigru"},
+                     scheduler={"name": "exponential"})
+    a = train(spec, TEXTS, Y, label_names=LABELS, device=CPU)
+    b = train(spec, TEXTS, Y, label_names=LABELS, device=CPU)
+    untimed = lambda m: {k: v for k, v in m.items() if k != "train_seconds"}  # noqa: E731
+    assert untimed(a.metrics) == untimed(b.metrics)
+    assert [{**h, "seconds": 0} for h in a.history] == [{**h, "seconds": 0} for h in b.history]
+    prov = a.provenance
+    assert prov == a.metrics["provenance"] and prov["seed"] == 0 and prov["device"] == "cpu"
+    assert prov["torch"] == torch.__version__ and prov["numpy"] == np.__version__
+    assert prov["tokenizers"] and prov["onnx"] == onnx.__version__ and prov["cuda"] is None and prov["gpu"] is None
+    json.dumps(a.metrics)  # stored as JSON by the worker
+
+
+# -----------------------------------------------------------------------------
+# schedules, label smoothing, class weights, early stopping
+
+
+def test_multistep_and_exponential_schedules():
+    multistep = _lrs(SchedulerSpec(name="multistep", milestones=[1, 3], gamma=0.1))
+    assert multistep[::5] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+    assert len(set(multistep[:5])) == 1  # per epoch, not per step
+    exponential = _lrs(SchedulerSpec(name="exponential"))
+    assert exponential[::5] == pytest.approx([1.0, 0.9, 0.81, 0.729])
+    assert SchedulerSpec(name="exponential", gamma=0.5).gamma == 0.5
+
+
+def test_label_smoothing_and_class_weights_reach_the_loss(monkeypatch):
+    seen = []
+    real = train_mod.F.cross_entropy
+
+    def spy(logits, target, **kwargs):
+        seen.append(kwargs)
+        return real(logits, target, **kwargs)
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", spy)
+    spec = tiny_spec(max_steps=1, label_smoothing=0.2, class_weights={"vehicles": 3.0})
+    train(spec, TEXTS, Y, label_names=LABELS, device=CPU)
+    assert seen[0]["label_smoothing"] == 0.2 and seen[0]["weight"].tolist() == [1.0, 3.0]
+    seen.clear()
+    train(tiny_spec(max_steps=1), TEXTS, Y, label_names=LABELS, device=CPU)
+    assert seen[0]["label_smoothing"] == 0.0 and seen[0]["weight"] is None
+
+
+def test_label_smoothing_softens_confidence():
+    def run(**extra):
+        spec = tiny_spec(epochs=10, optimizer={"name": "adam", "lr": 0.05}, model={"dropout": 0.1},
+                         early_stopping={"metric": "val_loss", "patience": 100}, **extra)
+        result = train(spec, TEXTS, Y, label_names=LABELS, device=CPU)
+        confidence = float(predict_proba(result.model, result.encoder, TEXTS, CPU).max(axis=1).mean())
+        return confidence, min(h["train_loss"] for h in result.history)
+
+    sharp, sharp_loss = run()
+    soft, soft_loss = run(label_smoothing=0.5)
+    # Smoothing 0.5 over 2 classes makes the target (0.75, 0.25): its cross-entropy cannot go below that
+    # distribution's entropy, 0.562, and the model stays far less sure than the unsmoothed one.
+    floor = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    assert soft_loss >= floor - 1e-4 and sharp_loss < 0.1
+    assert sharp > 0.99 and soft < 0.9
+
+
+def test_class_weight_vector():
+    y = np.array([0] * 6 + [1] * 3 + [2])
+    np.testing.assert_allclose(class_weight_vector("balanced", ["a", "b", "c"], y), [10 / 18, 10 / 9, 10 / 3])
+    np.testing.assert_allclose(class_weight_vector({"c": 4.0}, ["a", "b", "c"], y), [1.0, 1.0, 4.0])
+    assert class_weight_vector(None, ["a", "b", "c"], y) is None
+
+
+def test_class_weights_for_unknown_labels_fail_before_training():
+    spec = tiny_spec(class_weights={"animals": 2.0, "plants": 3.0})
+    with pytest.raises(SpecDataMismatch, match="plants") as info:
+        train(spec, TEXTS, Y, label_names=LABELS, device=CPU, on_progress=lambda p: pytest.fail("trained"))
+    assert isinstance(info.value, ValueError)
+
+
+def _scripted_run(monkeypatch, spec: TrainingSpec, script: list[dict]):
+    """Train with evaluate_logits replaced by `script` (one metrics dict per epoch); return the result and
+    the model's weights as they were at each epoch's evaluation."""
+    models, snapshots, epoch = [], [], iter(script)
+    real_build = train_mod.build_model
+
+    def build(*args, **kwargs):
+        models.append(real_build(*args, **kwargs))
+        return models[-1]
+
+    def evaluate(logits, y):
+        snapshots.append({k: v.clone() for k, v in models[-1].state_dict().items()})
+        return dict(next(epoch))
+
+    monkeypatch.setattr(train_mod, "build_model", build)
+    monkeypatch.setattr(train_mod, "evaluate_logits", evaluate)
+    return train(spec, TEXTS, Y, label_names=LABELS, device=CPU), snapshots
+
+
+SCRIPT = [  # epoch: macro-F1 peaks at 2, loss bottoms at 3, accuracy creeps up by < 0.01 after epoch 1
+    {"macro_f1": 0.5, "accuracy": 0.800, "loss": 0.30},
+    {"macro_f1": 0.9, "accuracy": 0.801, "loss": 0.60},
+    {"macro_f1": 0.8, "accuracy": 0.802, "loss": 0.20},
+    {"macro_f1": 0.7, "accuracy": 0.803, "loss": 0.25},
+    {"macro_f1": 0.6, "accuracy": 0.804, "loss": 0.26},
+    {"macro_f1": 0.5, "accuracy": 0.805, "loss": 0.27},
+]
+
+
+@pytest.mark.parametrize(
+    ("early_stopping", "best_epoch", "epochs_run"),
+    [
+        (None, 2, 6),  # no early stopping: all epochs, best by macro-F1
+        ({"metric": "val_macro_f1", "patience": 2}, 2, 5),  # epochs 3 and 4 tolerated, 5 stops
+        ({"metric": "val_loss", "patience": 1}, 3, 5),
+        ({"metric": "val_loss", "patience": 0}, 1, 2),  # the first epoch that does not improve stops
+        ({"metric": "val_accuracy", "patience": 1, "min_delta": 0.01}, 1, 3),  # +0.001/epoch is no improvement
+        ({"metric": "val_accuracy", "patience": 10}, 6, 6),
+    ],
+)
+def test_early_stopping_restores_the_best_epoch_by_its_metric(monkeypatch, early_stopping, best_epoch, epochs_run):
+    spec = tiny_spec(epochs=6, early_stopping=early_stopping, optimizer={"name": "adam", "lr": 0.01})
+    result, snapshots = _scripted_run(monkeypatch, spec, SCRIPT)
+    assert result.metrics["best_epoch"] == best_epoch and result.metrics["epochs_run"] == epochs_run
+    assert result.metrics["stopped_early"] == (epochs_run < 6)
+    assert result.metrics["selection_metric"] == (early_stopping or {}).get("metric", "val_macro_f1")
+    assert result.metrics["macro_f1"] == SCRIPT[best_epoch - 1]["macro_f1"]
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value, snapshots[best_epoch - 1][name]), name
+
+
+# -----------------------------------------------------------------------------
+# augmentation
+
+
+def _ragged(rows: int = 40, width: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, width + 1, size=rows)
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = np.where(mask == 1, rng.integers(2, 30, size=(rows, width)), PAD_ID)
+    return ids, mask
+
+
+@pytest.mark.parametrize("spec", [AugmentSpec(deletion=0.3), AugmentSpec(swap=0.5), AugmentSpec(mask=0.3),
+                                  AugmentSpec(deletion=0.5, swap=0.5, mask=0.5)])
+def test_augment_batch_keeps_padding_and_is_seeded(spec):
+    ids, mask = _ragged()
+    out_ids, out_mask = augment_batch(ids, mask, spec, np.random.default_rng(7))
+    again = augment_batch(ids, mask, spec, np.random.default_rng(7))
+    assert np.array_equal(out_ids, again[0]) and np.array_equal(out_mask, again[1])
+    assert not np.array_equal(out_ids, augment_batch(ids, mask, spec, np.random.default_rng(8))[0])
+    assert not np.array_equal(out_ids, ids)  # something changed
+    assert out_ids.shape == ids.shape and out_mask.dtype == mask.dtype
+    lengths, new_lengths = mask.sum(axis=1), out_mask.sum(axis=1)
+    # still right-padded, padding is PAD, real tokens are not, and only deletion shortens a text
+    assert np.array_equal(out_mask, (np.arange(ids.shape[1]) < new_lengths[:, None]).astype(np.int64))
+    assert (out_ids[out_mask == 0] == PAD_ID).all() and (out_ids[out_mask == 1] != PAD_ID).all()
+    assert ((new_lengths >= 1) | (lengths == 0)).all() and (new_lengths <= lengths).all()
+    if spec.deletion == 0:
+        assert np.array_equal(new_lengths, lengths)
+    for row, new in zip(ids, out_ids):
+        kept = [t for t in new if t not in (PAD_ID, UNK_ID)]
+        source = list(row[row != PAD_ID])
+        assert all(kept.count(t) <= source.count(t) for t in kept)  # a sub-multiset of the row's own tokens
+        if spec == AugmentSpec(swap=0.5):
+            assert sorted(kept) == sorted(source)
+
+
+def test_augmentation_changes_training_but_not_shuffling_or_init():
+    base = tiny_spec(max_steps=1)
+    plain = train(base, TEXTS, Y, label_names=LABELS, device=CPU)
+    noisy = train(tiny_spec(max_steps=1, augment={"mask": 0.5}), TEXTS, Y, label_names=LABELS, device=CPU)
+    assert plain.history[0]["train_loss"] != noisy.history[0]["train_loss"]
+    assert plain.encoder.tokenizer.get_vocab() == noisy.encoder.tokenizer.get_vocab()
+
+
+# -----------------------------------------------------------------------------
+# spec: new fields, bad combinations, presets
+
+
+@pytest.mark.parametrize(("fields", "loc"), [
+    ({"scheduler": {"name": "multistep"}}, ("scheduler",)),
+    ({"scheduler": {"name": "multistep", "milestones": [4, 2]}}, ("scheduler",)),
+    ({"scheduler": {"name": "multistep", "milestones": [2, 2]}}, ("scheduler",)),
+    ({"scheduler": {"name": "multistep", "milestones": [0, 2]}}, ("scheduler", "milestones", 0)),
+    ({"scheduler": {"name": "exponential", "gamma": 1.0}}, ("scheduler", "gamma")),
+    ({"early_stopping": {"patience": -1}}, ("early_stopping", "patience")),
+    ({"early_stopping": {"metric": "val_f1"}}, ("early_stopping", "metric")),
+    ({"class_weights": {"animals": 0.0}}, ("class_weights",)),
+    ({"class_weights": {"animals": -1.0}}, ("class_weights",)),
+    ({"class_weights": {}}, ("class_weights",)),
+    ({"class_weights": "inverse"}, ("class_weights",)),
+    ({"label_smoothing": 0.6}, ("label_smoothing",)),
+    ({"augment": {}}, ("augment",)),
+    ({"augment": {"mask": 0.9}}, ("augment", "mask")),
+    ({"augment": {"crop": 0.1}}, ("augment", "crop")),
+    ({"model": {"name": "bigru", "num_layers": 5}}, ("model", "num_layers")),
+    ({"model": {"name": "bigru", "pooling": "sum"}}, ("model", "pooling")),
+    ({"model": {"max_norm": 0.0}}, ("model", "max_norm")),
+    ({"tokenizer": {"kind": "unigram"}}, ("tokenizer", "kind")),
+    ({"preset": "turbo"}, ("preset",)),
+])
+def test_bad_new_fields_are_validation_errors(fields, loc):
+    with pytest.raises(ValidationError) as info:
+        TrainingSpec.model_validate({"dataset_id": str(uuid.uuid4()), **fields})
+    assert any(tuple(e["loc"][: len(loc)]) == loc for e in info.value.errors()), info.value.errors()
+
+
+def test_new_fields_default_to_off():
+    spec = TrainingSpec(dataset_id=uuid.uuid4())
+    assert spec.preset == "default" and spec.label_smoothing == 0.0 and spec.model.max_norm is None
+    assert spec.class_weights is spec.early_stopping is spec.augment is None
+    assert spec.tokenizer.kind == "word" and spec.model.name == "textcnn"
+    assert spec == TrainingSpec(dataset_id=spec.dataset_id, preset="default")
+
+
+def test_fast_preset_fills_defaults_under_user_fields():
+    dataset_id = str(uuid.uuid4())
+    fast = TrainingSpec.model_validate({"dataset_id": dataset_id, "preset": "fast"})
+    assert fast.model.name == "fasttext" and fast.model.dropout == 0.0 and fast.optimizer.name == "sgd"
+    assert fast.optimizer.lr > 1.0 and fast.epochs <= 10 and fast.grad_clip is None
+    mine = TrainingSpec.model_validate({"dataset_id": dataset_id, "preset": "fast", "epochs": 3,
+                                        "model": {"embedding_dim": 32}, "optimizer": {"lr": 0.5}, "grad_clip": 1.0})
+    assert mine.epochs == 3 and mine.model.embedding_dim == 32 and mine.optimizer.lr == 0.5 and mine.grad_clip == 1.0
+    assert mine.model.name == "fasttext" and mine.model.ngram_buckets == fast.model.ngram_buckets  # rest kept
+    assert mine.optimizer.name == "sgd" and mine.scheduler == fast.scheduler
+    # Naming another method drops the preset's settings for that section (SGD's lr is no rate for Adam).
+    adam = TrainingSpec.model_validate({"dataset_id": dataset_id, "preset": "fast", "optimizer": {"name": "adam"}})
+    assert adam.optimizer.lr == 1e-3 and adam.model.name == "fasttext"
+    # The stored spec re-validates to itself, preset included.
+    assert TrainingSpec.model_validate(mine.model_dump(mode="json")) == mine and mine.preset == "fast"
+
+
+def test_bigru_recurrence_stays_fp32_under_autocast():
+    torch.manual_seed(0)
+    net = build_model(ModelSpec(name="bigru", embedding_dim=16, hidden_size=8), vocab_size=50, num_classes=3).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 0, 0], [3, 4, 5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        fp32 = net(ids, (ids != PAD_ID).long())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = net(ids, (ids != PAD_ID).long())
+    assert torch.isfinite(mixed).all()
+    torch.testing.assert_close(mixed.float(), fp32, atol=0.05, rtol=0.05)  # only the linear layers rounded

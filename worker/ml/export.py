@@ -45,9 +45,31 @@ def _quiet_exporter() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             # Both inputs share the batch/tokens Dims, which the exporter reports once per shared axis.
             warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
+            # nn.GRU re-assigns its cached `_flat_weights` list while being traced; they are its own parameters,
+            # already registered, so nothing is lost (the GRU exports to one ONNX GRU node per direction).
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights.* were assigned during "
+                                    r"export", category=UserWarning)
+            # torch's own tracing of the GRU touches a deprecated check and a non-leaf .grad; neither is our code.
+            warnings.filterwarnings("ignore", message=r"_check_is_size will be removed", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf",
+                                    category=UserWarning)
             yield
     finally:
         onnx_log.setLevel(level)
+
+
+def _clear_rnn_dispatch_caches() -> None:
+    """Forget the kernels torch cached for aten.gru / aten.lstm during an earlier export.
+
+    torch 2.13's exporter swaps in a while_loop RNN decomposition (so the token axis can stay dynamic) by
+    assigning `py_kernels` directly, which skips the op's dispatch-cache invalidation; a kernel cached by an
+    earlier export then wins. Seen here: the second BiGRU export in a process came out with the token axis
+    fixed at the example's 17 (check_parity would fail it). Clearing the cache costs one re-lookup.
+    """
+    for op in (torch.ops.aten.gru.input, torch.ops.aten.lstm.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
 
 
 def export_onnx(model: nn.Module, path: Path, *, vocab_size: int) -> None:
@@ -63,6 +85,7 @@ def export_onnx(model: nn.Module, path: Path, *, vocab_size: int) -> None:
     input_ids = input_ids.masked_fill(attention_mask == 0, PAD_ID)
     batch, tokens = Dim("batch"), Dim("tokens")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _clear_rnn_dispatch_caches()
     try:
         with _quiet_exporter(), torch.no_grad():
             torch.onnx.export(

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import platform
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
@@ -18,8 +20,8 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from app.ml.tokenizer import TextEncoder, fit_tokenizer
-from app.spec import OptimizerSpec, SchedulerSpec, TrainingSpec
+from app.ml.tokenizer import PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
+from app.spec import AugmentSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
 from worker.ml.model import build_model
 
 # Least time between step-level on_progress / should_stop calls: the callbacks may touch the database.
@@ -41,15 +43,20 @@ class CudaUnavailable(RuntimeError):
     """The spec asked for CUDA on a machine without it."""
 
 
+class SpecDataMismatch(ValueError):
+    """The spec refers to something the data lacks (e.g. class_weights for a label the dataset has not)."""
+
+
 @dataclass
 class TrainResult:
-    """A trained model (CPU, eval mode), its encoder, per-epoch history and summary metrics."""
+    """A trained model (CPU, eval mode), its encoder, per-epoch history, summary metrics and provenance."""
 
     model: nn.Module
     encoder: TextEncoder
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     device: str = "cpu"
+    provenance: dict = field(default_factory=dict)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -59,6 +66,30 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise CudaUnavailable("the spec asks for device=cuda but this worker has no usable CUDA device")
     return torch.device(requested)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def collect_provenance(spec: TrainingSpec, device: torch.device) -> dict:
+    """What a rerun needs to match this one: seed, library versions, threads, and the GPU when on CUDA."""
+    out = {
+        "seed": spec.seed, "device": str(device), "python": platform.python_version(),
+        "torch": torch.__version__, "numpy": np.__version__, "tokenizers": _version("tokenizers"),
+        "onnx": _version("onnx"), "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "scikit_learn": _version("scikit-learn"),
+        # CPU float sums are reproducible run to run only at the same thread count.
+        "torch_threads": torch.get_num_threads(),
+        "cuda": None, "cudnn": None, "gpu": None,
+    }
+    if device.type == "cuda":
+        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   gpu=torch.cuda.get_device_name(device))
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -98,13 +129,71 @@ def _batches(order: torch.Tensor, batch_size: int, *, merge_single: bool) -> lis
     return batches
 
 
-def _to_device(
-    ids: np.ndarray, mask: np.ndarray, lengths: np.ndarray, rows: np.ndarray, min_len: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather `rows`, trim to the batch's longest text (padding per batch) and move them to `device`."""
+def _rows(
+    ids: np.ndarray, mask: np.ndarray, lengths: np.ndarray, rows: np.ndarray, min_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gather `rows` and trim them to the batch's longest text (padding per batch, at least min_len wide)."""
     width = max(int(lengths[rows].max()), min_len)
-    x = torch.from_numpy(ids[rows, :width])
-    m = torch.from_numpy(mask[rows, :width])
+    return ids[rows, :width], mask[rows, :width]
+
+
+def augment_batch(
+    ids: np.ndarray, mask: np.ndarray, spec: AugmentSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random token deletion, neighbour swaps and [UNK] masking of right-padded (ids, mask); padding untouched.
+
+    Returns new arrays of the same shape, still right-padded (deletion shortens rows). Every random draw has a
+    fixed shape, so the same rng state and batch always give the same result.
+    """
+    ids = ids.copy()
+    valid = mask.astype(bool)
+    rows, width = ids.shape
+    positions = np.arange(width)[None, :]
+    if spec.deletion > 0:
+        keep = valid & (rng.random((rows, width)) >= spec.deletion)
+        # A text keeps at least its first token: an emptied text would teach its label from nothing.
+        keep[valid.any(axis=1) & ~keep.any(axis=1), 0] = True
+        order = np.argsort(~keep, axis=1, kind="stable")  # kept tokens first, in their order
+        valid = positions < keep.sum(axis=1, keepdims=True)
+        ids = np.where(valid, np.take_along_axis(ids, order, axis=1), PAD_ID)
+    if spec.swap > 0:
+        start = (rng.random((rows, width)) < spec.swap) & (positions < valid.sum(axis=1, keepdims=True) - 1)
+        # Disjoint pairs: a token chosen right after a chosen one stays (numpy buffers the overlapping operands).
+        start[:, 1:] &= ~start[:, :-1]
+        source = np.broadcast_to(positions, ids.shape).copy()
+        source[start] += 1  # position i takes token i + 1 ...
+        source[:, 1:][start[:, :-1]] -= 1  # ... and position i + 1 takes token i
+        ids = np.take_along_axis(ids, source, axis=1)
+    if spec.mask > 0:
+        ids = np.where(valid & (rng.random((rows, width)) < spec.mask), UNK_ID, ids)
+    return ids, valid.astype(mask.dtype)
+
+
+def class_weight_vector(
+    class_weights: str | dict[str, float] | None, label_names: Sequence[str], y_train: np.ndarray
+) -> np.ndarray | None:
+    """Per-class loss weights from the spec; None for equal weights. Unknown labels raise SpecDataMismatch."""
+    if class_weights is None:
+        return None
+    if class_weights == "balanced":
+        # scikit-learn's "balanced": n / (classes * count), so every class carries the same total weight.
+        counts = np.bincount(y_train, minlength=len(label_names)).astype(np.float64)
+        return np.where(counts > 0, len(y_train) / (len(label_names) * np.maximum(counts, 1)), 1.0)
+    index = {str(name): i for i, name in enumerate(label_names)}
+    missing = sorted(set(class_weights) - index.keys())
+    if missing:
+        raise SpecDataMismatch(
+            f"class_weights names labels the dataset does not have: {', '.join(map(repr, missing[:10]))}"
+            f"{' ...' if len(missing) > 10 else ''} (labels: {', '.join(map(repr, list(index)[:20]))})")
+    weights = np.ones(len(label_names))
+    for name, weight in class_weights.items():
+        weights[index[name]] = weight
+    return weights
+
+
+def _to_device(x: np.ndarray, m: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move one batch of (input_ids, attention_mask) to `device`."""
+    x, m = torch.from_numpy(x), torch.from_numpy(m)
     if device.type == "cuda":
         # Page-locked host memory lets the copy run asynchronously while the GPU works on the previous step.
         return x.pin_memory().to(device, non_blocking=True), m.pin_memory().to(device, non_blocking=True)
@@ -191,6 +280,11 @@ def build_scheduler(
             return Schedule(sched.LambdaLR(optimizer, lambda _: 1.0), per_batch=True)
         case "step":
             return Schedule(sched.StepLR(optimizer, step_size=spec.step_size, gamma=spec.gamma), per_batch=False)
+        case "multistep":
+            return Schedule(sched.MultiStepLR(optimizer, milestones=list(spec.milestones), gamma=spec.gamma),
+                            per_batch=False)
+        case "exponential":
+            return Schedule(sched.ExponentialLR(optimizer, gamma=spec.gamma), per_batch=False)
         case "cosine" | "linear_warmup":
             decay = "cosine" if spec.name == "cosine" else "linear"
             factor = _warmup_then(total_steps, spec.warmup_ratio, spec.min_lr_ratio, decay)
@@ -204,6 +298,38 @@ def build_scheduler(
             plateau = sched.ReduceLROnPlateau(optimizer, mode="min", factor=spec.factor, patience=spec.patience)
             return Schedule(plateau, per_batch=False, on_val_loss=True)
     raise ValueError(f"unknown scheduler {spec.name!r}")
+
+
+def _sparse_embeddings(model: nn.Module, spec: OptimizerSpec) -> list[nn.Embedding]:
+    """The embedding tables to train with sparse gradients: all of them under plain SGD or Adagrad, else none.
+
+    Without weight decay, SGD and Adagrad leave the rows a batch did not touch exactly as they are (a zero
+    gradient adds nothing to Adagrad's sums either), so sparse gradients give the same updates while skipping
+    the zero-fill and update of every row: with fastText's large bigram tables that is most of a step's time.
+    Momentum and the Adam family do move untouched rows, so they keep dense gradients.
+    """
+    if spec.name not in ("sgd", "adagrad") or spec.weight_decay != 0.0:
+        return []
+    return [m for m in model.modules() if isinstance(m, nn.Embedding)]
+
+
+def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> None:
+    """clip_grad_norm_ that also accepts sparse gradients (torch's raises on them)."""
+    params = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    grads = []
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # duplicate indices summed first, so the norm is the real one
+            grads.append(p.grad._values())
+        else:
+            grads.append(p.grad)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # torch's own formula
+    for g in grads:
+        g.mul_(scale)
 
 
 # -----------------------------------------------------------------------------
@@ -235,9 +361,32 @@ def _predict_logits(
     out = []
     for start in range(0, len(ids), EVAL_BATCH):
         rows = np.arange(start, min(start + EVAL_BATCH, len(ids)))
-        x, m = _to_device(ids, mask, lengths, rows, min_len, device)
+        x, m = _to_device(*_rows(ids, mask, lengths, rows, min_len), device)
         with autocast():
             out.append(model(x, m).float().cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module, encoder: TextEncoder, texts: Sequence[str], device: torch.device | str
+) -> np.ndarray:
+    """Softmax probabilities, float32 [N, C], in eval mode on `device`, EVAL_BATCH texts per forward pass.
+
+    The model is put back on its own device and in its own train/eval mode afterwards.
+    """
+    device = torch.device(device)
+    home, was_training = next(model.parameters()).device, model.training
+    model.eval().to(device)
+    try:
+        out = [torch.zeros((0, model.head.out_features))]
+        texts = list(texts)
+        for start in range(0, len(texts), EVAL_BATCH):
+            x, m = _to_device(*encoder.encode(texts[start : start + EVAL_BATCH]), device)
+            # fp32 on every device: these probabilities are reported, so no autocast rounding.
+            out.append(torch.softmax(model(x, m).float(), dim=1).cpu())
+    finally:
+        model.to(home).train(was_training)
     return torch.cat(out).numpy()
 
 
@@ -255,7 +404,11 @@ def train(
     on_progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train spec.model on (texts, labels); return the best epoch's model by validation macro-F1."""
+    """Train spec.model on (texts, labels); return the best epoch's model by the selection metric.
+
+    The selection metric is spec.early_stopping.metric, else validation macro-F1. Raises SpecDataMismatch when
+    the spec names something the data lacks, before any training.
+    """
     t0 = time.monotonic()
     random.seed(spec.seed)
     np.random.seed(spec.seed)
@@ -270,6 +423,7 @@ def train(
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     y = np.array([class_of[lab] for lab in labels], dtype=np.int64)
     train_idx, val_idx = stratified_split(y, spec.validation_split, spec.seed)
+    weights = class_weight_vector(spec.class_weights, label_names, y[train_idx])
     train_texts = [texts[i] for i in train_idx]
     # The vocabulary comes from the training split only, so validation words unseen in training map to [UNK]
     # exactly as they would at serving time.
@@ -279,6 +433,8 @@ def train(
     tr_len, va_len = tr_mask.sum(axis=1), va_mask.sum(axis=1)
     y_train, y_val = torch.from_numpy(y[train_idx]), y[val_idx]
     min_len = encoder.min_length
+    # Its own stream, so turning augmentation on changes neither the shuffling nor the initialisation.
+    augment_rng = np.random.default_rng(spec.seed)
 
     # model
     model = build_model(spec.model, vocab_size=encoder.vocab_size, num_classes=len(label_names)).to(device)
@@ -297,10 +453,24 @@ def train(
     optimizer = build_optimizer(model, spec.optimizer)
     schedule = build_scheduler(optimizer, spec.scheduler, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     generator = torch.Generator().manual_seed(spec.seed)  # shuffling independent of model-init draws
+    class_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+    sparse = _sparse_embeddings(model, spec.optimizer)
+    # Adagrad builds sparse tensors from the gradient's own (valid) indices; saying so explicitly skips the
+    # per-step invariant checks and torch's warning that they were skipped implicitly.
+    sparse_checks = (torch.sparse.check_sparse_tensor_invariants(enable=False) if sparse
+                     else contextlib.nullcontext())
+
+    # selection and early stopping: "improved" means better than the best so far by more than min_delta
+    stopping = spec.early_stopping
+    select = stopping.metric if stopping is not None else "val_macro_f1"
+    key = select.removeprefix("val_")  # evaluate_logits' name for it
+    sign = -1.0 if key == "loss" else 1.0  # loss: lower is better
+    min_delta = stopping.min_delta if stopping is not None else 0.0
 
     # loop
     history: list[dict] = []
-    best_f1, best_state, best_epoch, best, final = -1.0, None, 0, {}, {}
+    best_value, best_state, best_epoch, best, final = None, None, 0, {}, {}
+    epochs_since_best, stopped_early = 0, False
     step = 0
     last_progress = last_cancel_check = time.monotonic()
 
@@ -321,76 +491,98 @@ def train(
             raise TrainingCancelled("training was cancelled")
 
     check_stop()
-    for epoch in range(1, spec.epochs + 1):
-        epoch_start = time.monotonic()
-        model.train()
-        # Sum of per-batch losses kept on the device: reading it every step would sync the GPU every step.
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        order = torch.randperm(len(train_idx), generator=generator)
-        for rows in _batches(order, spec.batch_size, merge_single=merge_single):
-            rows_np = rows.numpy()
-            x, m = _to_device(tr_ids, tr_mask, tr_len, rows_np, min_len, device)
-            target = y_train[rows].to(device, non_blocking=True)
-            with autocast():
-                logits = model(x, m)
-            loss = F.cross_entropy(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if spec.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, recorded per epoch below
-            optimizer.step()
-            schedule.step_batch()
-            loss_sum += loss.detach() * len(rows)
-            seen += len(rows)
-            step += 1
+    for table in sparse:
+        table.sparse = True
+    try:
+        for epoch in range(1, spec.epochs + 1):
+            epoch_start = time.monotonic()
+            model.train()
+            # Sum of per-batch losses kept on the device: reading it every step would sync the GPU every step.
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            order = torch.randperm(len(train_idx), generator=generator)
+            for rows in _batches(order, spec.batch_size, merge_single=merge_single):
+                x_np, m_np = _rows(tr_ids, tr_mask, tr_len, rows.numpy(), min_len)
+                if spec.augment is not None:
+                    x_np, m_np = augment_batch(x_np, m_np, spec.augment, augment_rng)
+                x, m = _to_device(x_np, m_np, device)
+                target = y_train[rows].to(device, non_blocking=True)
+                with autocast():
+                    logits = model(x, m)
+                loss = F.cross_entropy(logits.float(), target, weight=class_weight,
+                                       label_smoothing=spec.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if spec.grad_clip is not None:
+                    clip_grad_norm(model.parameters(), spec.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, recorded per epoch below
+                with sparse_checks:
+                    optimizer.step()
+                if spec.model.max_norm is not None:
+                    with torch.no_grad():  # Kim (2014): rescale any output weight row longer than max_norm
+                        model.head.weight.copy_(torch.renorm(model.head.weight, 2, 0, spec.model.max_norm))
+                schedule.step_batch()
+                loss_sum += loss.detach() * len(rows)
+                seen += len(rows)
+                step += 1
 
-            now = time.monotonic()
-            if now - last_cancel_check >= CANCEL_CHECK_EVERY_S:
-                last_cancel_check = now
-                check_stop()
-            if now - last_progress >= PROGRESS_EVERY_S:
-                last_progress = now
-                if not math.isfinite(loss_sum.item()):
-                    raise TrainingDiverged(f"training loss is {loss_sum.item()} at step {step}")
-                progress(epoch)
+                now = time.monotonic()
+                if now - last_cancel_check >= CANCEL_CHECK_EVERY_S:
+                    last_cancel_check = now
+                    check_stop()
+                if now - last_progress >= PROGRESS_EVERY_S:
+                    last_progress = now
+                    if not math.isfinite(loss_sum.item()):
+                        raise TrainingDiverged(f"training loss is {loss_sum.item()} at step {step}")
+                    progress(epoch)
+                if step >= total_steps:
+                    break
+
+            train_loss = loss_sum.item() / max(seen, 1)
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"training loss is {train_loss} in epoch {epoch}")
+
+            # evaluate
+            val_logits = _predict_logits(model, va_ids, va_mask, va_len, min_len, device, autocast)
+            final = evaluate_logits(val_logits, y_val)
+            if not math.isfinite(final["loss"]):
+                raise TrainingDiverged(f"validation loss is {final['loss']} in epoch {epoch}")
+            schedule.step_epoch(final["loss"])
+            history.append({
+                "epoch": epoch, "train_loss": train_loss, "val_loss": final["loss"],
+                "val_accuracy": final["accuracy"], "val_macro_f1": final["macro_f1"],
+                "lr": lr, "seconds": round(time.monotonic() - epoch_start, 3),
+            })
+            # Strict improvement: on ties keep the earlier, less-trained epoch.
+            if best_value is None or sign * (final[key] - best_value) > min_delta:
+                best_value, best_epoch, epochs_since_best = final[key], epoch, 0
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best = dict(final)
+            else:
+                epochs_since_best += 1
+            last_progress = time.monotonic()
+            progress(epoch)
+            check_stop()
             if step >= total_steps:
                 break
-
-        train_loss = loss_sum.item() / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss is {train_loss} in epoch {epoch}")
-
-        # evaluate
-        val_logits = _predict_logits(model, va_ids, va_mask, va_len, min_len, device, autocast)
-        final = evaluate_logits(val_logits, y_val)
-        if not math.isfinite(final["loss"]):
-            raise TrainingDiverged(f"validation loss is {final['loss']} in epoch {epoch}")
-        schedule.step_epoch(final["loss"])
-        history.append({
-            "epoch": epoch, "train_loss": train_loss, "val_loss": final["loss"],
-            "val_accuracy": final["accuracy"], "val_macro_f1": final["macro_f1"],
-            "lr": lr, "seconds": round(time.monotonic() - epoch_start, 3),
-        })
-        if final["macro_f1"] > best_f1:  # strict: on ties keep the earlier, less-trained epoch
-            best_f1, best_epoch = final["macro_f1"], epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            best = dict(final)
-        last_progress = time.monotonic()
-        progress(epoch)
-        check_stop()
-        if step >= total_steps:
-            break
+            if stopping is not None and epochs_since_best > stopping.patience:
+                stopped_early = True
+                break
+    finally:
+        for table in sparse:
+            table.sparse = False  # inference and export want the plain embedding op
 
     model.load_state_dict(best_state)
     model = model.cpu().eval()
+    prov = collect_provenance(spec, device)
     metrics = {
         **best,
-        "best_epoch": best_epoch,
+        "best_epoch": best_epoch, "selection_metric": select, "stopped_early": stopped_early,
         "final_accuracy": final["accuracy"], "final_macro_f1": final["macro_f1"], "final_loss": final["loss"],
         "train_seconds": round(time.monotonic() - t0, 3),
         "epochs_run": len(history), "steps": step,
         "train_examples": len(train_idx), "val_examples": len(val_idx),
+        "provenance": prov,
     }
-    return TrainResult(model=model, encoder=encoder, history=history, metrics=metrics, device=str(device))
+    return TrainResult(model=model, encoder=encoder, history=history, metrics=metrics, device=str(device),
+                       provenance=prov)
