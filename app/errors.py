@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     # job-only codes, shown in GET /v1/jobs/{id}
     dataset_missing = "dataset_missing"
     training_diverged = "training_diverged"
+    spec_data_mismatch = "spec_data_mismatch"
     onnx_parity_failed = "onnx_parity_failed"
     cuda_unavailable = "cuda_unavailable"
     training_error = "training_error"

@@ -90,8 +90,8 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
     from app.ml.predictor import OnnxPredictor
     from worker.ml.evaluation import evaluate
     from worker.ml.export import ParityError, check_parity, export_onnx
-    from worker.ml.train import (CudaUnavailable, TrainingCancelled, TrainingDiverged, resolve_device,
-                                 stratified_split, train)
+    from worker.ml.train import (CudaUnavailable, SpecDataMismatch, TrainingCancelled, TrainingDiverged,
+                                 resolve_device, stratified_split, train)
 
     # data: the training records, and the test set (a separate dataset, or a stratified share held out here so
     # train() never sees it)
@@ -135,6 +135,8 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
             from None
     except TrainingCancelled:
         raise JobCancelled() from None
+    except SpecDataMismatch as exc:
+        raise JobFailed(ErrorCode.spec_data_mismatch, str(exc)) from None
 
     # export: into a private folder first, renamed into place only once complete and checked
     _write_progress(sm, job_id, {**_last_progress(result, spec), "stage": "exporting"})

@@ -38,6 +38,7 @@ def create_job():
         if dataset_id is not None and datasets.get_dataset(session=session, dataset_id=dataset_id) is None:
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
                                [{"loc": [field], "msg": "dataset not found", "type": "not_found"}])
+    _check_class_weights(spec, datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels)
     job = jobs.create_job(session=session, spec=spec)
     body, location = job_json(job), f"/v1/jobs/{job.id}"
     idempotency.remember(session, "jobs", key, request_hash, body, 202, location)
@@ -60,6 +61,17 @@ def create_job():
                            503) from None
     log.info("job %s queued on dataset %s", job.id, spec.dataset_id)
     return body, 202, {"Location": location}
+
+
+def _check_class_weights(spec: TrainingSpec, dataset_labels: dict[str, int]) -> None:
+    """Explicit class weights must name labels the dataset has: caught here, not hours later in the worker."""
+    weights = spec.class_weights
+    if isinstance(weights, dict):
+        unknown = sorted(set(weights) - set(dataset_labels))
+        if unknown:
+            raise ServiceError(ErrorCode.validation_error,
+                               f"class_weights names labels the dataset lacks: {unknown[:10]}", 422, [{"loc": ["class_weights", label], "msg": "label not in dataset",
+                                      "type": "not_found"} for label in unknown[:10]])
 
 
 @bp.get("/jobs")

@@ -516,7 +516,7 @@ def test_create_job_queues_one_message_and_resolves_the_spec(any_api: Api):
     assert job["status"] == "queued" and job["dataset_id"] == dataset_id and job["attempts"] == 0
     assert job["model_id"] is None and job["error"] is None and job["history"] == []
     assert job["spec"]["optimizer"]["lr"] == 0.1  # sgd's default filled in
-    assert job["spec"]["epochs"] == 2 and job["spec"]["batch_size"] == 64 and job["spec"]["model"]["name"] == "textcnn"
+    assert job["spec"]["epochs"] == 2 and job["spec"]["batch_size"] == 32 and job["spec"]["model"]["name"] == "textcnn"
     assert job["progress"]["stage"] == "queued" and job["progress"]["total_epochs"] == 2
 
     new = any_api.queued_messages() - messages_before
@@ -528,9 +528,9 @@ def test_create_job_queues_one_message_and_resolves_the_spec(any_api: Api):
 
 def test_job_default_spec(api: Api):
     job = api.post("/v1/jobs", json={"dataset_id": api.create_dataset()}).get_json()
-    assert job["spec"]["optimizer"] == {"name": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0,
+    assert job["spec"]["optimizer"] == {"name": "adam", "lr": 0.002, "momentum": 0.9, "weight_decay": 0.0,
                                         "betas": [0.9, 0.999], "eps": 1e-8}
-    assert job["spec"]["epochs"] == 10
+    assert job["spec"]["epochs"] == 8 and job["spec"]["batch_size"] == 32
 
 
 def test_job_not_found(api: Api):
@@ -713,3 +713,14 @@ def test_finished_job_no_longer_blocks_deleting_its_dataset(trained: tuple[Api, 
     assert api.get(f"/v1/jobs/{job['id']}").get_json()["dataset_id"] is None
     assert api.get(f"/v1/models/{job['model_id']}").get_json()["dataset_id"] == dataset_id
     assert api.post(f"/v1/models/{job['model_id']}/predict", json={"texts": ["goal"]}).status_code == 200
+
+
+def test_class_weights_for_labels_the_dataset_lacks_are_422(any_api: Api):
+    dataset_id = any_api.create_dataset()
+    with any_api.writes_nothing():
+        error = assert_error(any_api.post("/v1/jobs", json={"dataset_id": dataset_id,
+                                                            "class_weights": {"sports": 2.0, "weather": 3.0}}),
+                             422, "validation_error", says=("weather",))
+    assert locs(error) == [["class_weights", "weather"]]
+    ok = any_api.post("/v1/jobs", json={"dataset_id": dataset_id, "class_weights": {"sports": 2.0}})
+    assert ok.status_code == 202

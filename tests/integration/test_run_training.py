@@ -157,3 +157,12 @@ def test_cancel_a_running_job_stops_it_within_seconds(pg):
         job = jobs.get_job(session=s, job_id=job_id)
         assert job.status == "cancelled" and job.model_id is None and len(job.history) < 200
         assert s.query(Model).filter_by(job_id=job_id).count() == 0
+
+
+def test_class_weights_that_do_not_fit_the_data_fail_with_a_stable_code(pg):
+    settings, sm = pg
+    job_id = queue_job(settings, sm, class_weights={"weather": 2.0})  # the API refuses this; the worker must too
+    assert run_training(sessionmaker=sm, settings=settings, job_id=job_id) == "failed"
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+    assert job.error_code == "spec_data_mismatch" and "weather" in job.error_message

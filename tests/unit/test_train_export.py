@@ -17,7 +17,7 @@ from pydantic import ValidationError
 import app.ml.predictor as predictor_mod
 from app.ml.predictor import OnnxPredictor, choose_providers
 from app.ml.tokenizer import PAD_ID, UNK_ID
-from app.spec import AugmentSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
+from app.spec import DEFAULT_LR, AugmentSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
 from worker.ml import train as train_mod
 from worker.ml.export import ParityError, check_parity, export_onnx
 from worker.ml.model import build_model
@@ -657,7 +657,7 @@ def test_fast_preset_fills_defaults_under_user_fields():
     assert mine.optimizer.name == "sgd" and mine.scheduler == fast.scheduler
     # Naming another method drops the preset's settings for that section (SGD's lr is no rate for Adam).
     adam = TrainingSpec.model_validate({"dataset_id": dataset_id, "preset": "fast", "optimizer": {"name": "adam"}})
-    assert adam.optimizer.lr == 1e-3 and adam.model.name == "fasttext"
+    assert adam.optimizer.lr == DEFAULT_LR["adam"] and adam.model.name == "fasttext"
     # The stored spec re-validates to itself, preset included.
     assert TrainingSpec.model_validate(mine.model_dump(mode="json")) == mine and mine.preset == "fast"
 
