@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -19,7 +20,9 @@ from app.db import jobs
 from app.db.datasets import get_dataset, records_path
 from app.db.models import Model
 from app.errors import ErrorCode
+from app.ml.predictor import OnnxPredictor
 from app.spec import JobStatus, TrainingSpec
+from worker.ml.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -87,25 +90,14 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
     # torch is imported here, inside the task process, never in the Celery parent (CUDA and fork don't mix).
     import torch
 
-    from app.ml.predictor import OnnxPredictor
-    from worker.ml.evaluation import evaluate
     from worker.ml.export import ParityError, check_parity, export_onnx
     from worker.ml.train import (CudaUnavailable, SpecDataMismatch, TrainingCancelled, TrainingDiverged,
                                  resolve_device, stratified_split, train)
 
-    # data: the training records, and the test set (a separate dataset, or a stratified share held out here so
-    # train() never sees it)
-    texts, labels = _load_records(settings, spec.dataset_id)
+    # data
+    texts, labels, test_texts, test_labels = _load_data(settings, spec)
     label_names = sorted(set(labels))
     index = {name: i for i, name in enumerate(label_names)}
-    test_texts: list[str] = []
-    test_labels: list[str] = []
-    if spec.test_dataset_id is not None:
-        test_texts, test_labels = _load_records(settings, spec.test_dataset_id)
-    elif spec.test_split > 0:
-        keep, held_out = stratified_split([index[y] for y in labels], spec.test_split, spec.seed + 1)
-        test_texts, test_labels = [texts[i] for i in held_out], [labels[i] for i in held_out]
-        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     try:
         device = resolve_device(spec.device)
     except CudaUnavailable:
@@ -158,17 +150,7 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
 
         # evaluate the exported model, i.e. exactly what will be served
         _write_progress(sm, job_id, {**_last_progress(result, spec), "stage": "evaluating"})
-        predictor = OnnxPredictor(work_dir)
-        evaluation = {"validation": evaluate(predictor.predict_proba(val_texts), val_y, label_names, val_texts),
-                      "test": None}
-        known = [i for i, y in enumerate(test_labels) if y in index]
-        if known:
-            kept_texts = [test_texts[i] for i in known]
-            evaluation["test"] = evaluate(predictor.predict_proba(kept_texts), [index[test_labels[i]] for i in known],
-                                          label_names, kept_texts)
-            # Test rows whose label the model never saw cannot be scored; say how many were left out.
-            evaluation["test"]["unknown_label_examples"] = len(test_labels) - len(known)
-        del predictor
+        evaluation = _evaluate_exported(work_dir, label_names, (val_texts, val_y), (test_texts, test_labels))
         metrics = {**_flat_metrics(result.metrics), "onnx_parity": parity, "device": device_name,
                    "dataset_sha256": dataset_sha256, "seed": spec.seed,
                    **_summary(evaluation["test"], "test")}
@@ -228,6 +210,41 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _load_data(settings: Settings, spec: TrainingSpec) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(texts, labels, test_texts, test_labels): the test set is a separate dataset, or a stratified share of
+    the training data held out here, so train() never sees it."""
+    from worker.ml.train import stratified_split  # torch: task process only
+
+    texts, labels = _load_records(settings, spec.dataset_id)
+    if spec.test_dataset_id is not None:
+        return (texts, labels, *_load_records(settings, spec.test_dataset_id))
+    if spec.test_split > 0:
+        index = {name: i for i, name in enumerate(sorted(set(labels)))}
+        keep, held_out = stratified_split([index[y] for y in labels], spec.test_split, spec.seed + 1)
+        return ([texts[i] for i in keep], [labels[i] for i in keep],
+                [texts[i] for i in held_out], [labels[i] for i in held_out])
+    return texts, labels, [], []
+
+
+def _evaluate_exported(model_dir: Path, label_names: list[str], validation: tuple[list[str], list[int]],
+                       test: tuple[list[str], list[str]]) -> dict[str, Any]:
+    """Evaluate the ONNX model in `model_dir` (what will be served) on validation and, if any, test data."""
+    predictor = OnnxPredictor(model_dir)
+    val_texts, val_y = validation
+    evaluation = {"validation": evaluate(predictor.predict_proba(val_texts), val_y, label_names, val_texts),
+                  "test": None}
+    index = {name: i for i, name in enumerate(label_names)}
+    test_texts, test_labels = test
+    known = [i for i, y in enumerate(test_labels) if y in index]
+    if known:
+        kept = [test_texts[i] for i in known]
+        evaluation["test"] = evaluate(predictor.predict_proba(kept), [index[test_labels[i]] for i in known],
+                                      label_names, kept)
+        # Test rows whose label the model never saw cannot be scored; say how many were left out.
+        evaluation["test"]["unknown_label_examples"] = len(test_labels) - len(known)
+    return evaluation
 
 
 def _cancel_requested(sm: sessionmaker[Session], job_id: uuid.UUID) -> bool:
