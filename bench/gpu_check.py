@@ -12,7 +12,6 @@ the best provider available (CUDA provider when onnxruntime has it). Prints one 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -32,14 +31,9 @@ import torch  # noqa: E402
 
 from app.ml.predictor import OnnxPredictor  # noqa: E402
 from app.spec import TrainingSpec  # noqa: E402
+from bench.datasets import read_csv  # noqa: E402
 from worker.ml.export import check_parity, export_onnx  # noqa: E402
 from worker.ml.train import resolve_device, train  # noqa: E402
-
-
-def read_csv(path: Path) -> tuple[list[str], list[str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
 def latency_ms(predictor: OnnxPredictor, texts: list[str], batch: int, repeats: int) -> dict[str, float]:

@@ -10,7 +10,6 @@ through /v1/models/{id}/predict; writes the figures as JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import signal
@@ -24,13 +23,10 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.datasets import read_csv  # noqa: E402
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets"
-
-
-def read_csv(path: Path) -> tuple[list[str], list[str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
 def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:

@@ -1,0 +1,31 @@
+"""The benchmark scripts run (on the CPU, on a small dataset the test writes), so they don't rot between runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, tiny_dataset_csv
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_gpu_check_runs_on_the_cpu_with_a_flag(tmp_path: Path):
+    folder = tmp_path / "data" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "train.csv").write_bytes(tiny_dataset_csv())
+    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    out = tmp_path / "gpu_check.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu",
+                          "--datasets", "tiny", "--data-dir", str(tmp_path / "data"), "--spec", '{"epochs": 2}',
+                          "--job", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    result = report["results"][0]
+    assert result["device"] == "cpu" and result["parity_argmax_agreement"] == 1.0
+    assert result["test_accuracy"] > 0.5 and result["predict_batch256"]["p50_ms"] > 0
+    assert report["job"]["job_status"] == "succeeded" and report["job"]["job_device"] == "cpu"
