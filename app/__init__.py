@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
 
     from flask import Flask
 
-    from app import errors_http, extensions
+    from app import errors_http, extensions, middleware
     from app.api import datasets, health, jobs, models, openapi
     from app.config import get_settings
 
@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     app.json.sort_keys = False
     extensions.init_app(app, settings, session_factory=session_factory)
     errors_http.init_app(app)
+    middleware.init_app(app)
     for module in (health, datasets, jobs, models, openapi):
         app.register_blueprint(module.bp)
     return app

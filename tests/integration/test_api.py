@@ -724,3 +724,16 @@ def test_class_weights_for_labels_the_dataset_lacks_are_422(any_api: Api):
     assert locs(error) == [["class_weights", "weather"]]
     ok = any_api.post("/v1/jobs", json={"dataset_id": dataset_id, "class_weights": {"sports": 2.0}})
     assert ok.status_code == 202
+
+
+def test_every_reply_has_security_headers_and_a_request_id(api: Api):
+    for resp in (api.get("/healthz"), api.get("/v1/jobs/nope"), api.post("/v1/jobs", json={})):
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+        assert len(resp.headers["X-Request-ID"]) == 32
+        assert "Access-Control-Allow-Origin" not in resp.headers  # CORS is off
+    echoed = api.get("/healthz", headers={"X-Request-ID": "trace-42.a"})
+    assert echoed.headers["X-Request-ID"] == "trace-42.a"
+    replaced = api.get("/healthz", headers={"X-Request-ID": "bad id\x01"})
+    assert replaced.headers["X-Request-ID"] != "bad id\x01" and len(replaced.headers["X-Request-ID"]) == 32
