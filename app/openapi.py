@@ -8,7 +8,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from app import __version__
-from app.spec import (AliasRead, AliasSet, DatasetCreate, DatasetRead, EvaluationRead, JobRead, ModelRead,
+from app.spec import (ALIAS_PATTERN, AliasRead, AliasSet, DatasetCreate, DatasetRead, EvaluationRead, JobRead,
+                      ModelRead,
                       PredictRequest, PredictResponse, TrainingSpec)
 
 _MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, PredictRequest,
@@ -51,7 +52,7 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                 "description": "Retries with the same key and body get the first reply."}
 
 _PAGING = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}]
+           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**9}}]
 
 
 def component_schemas() -> dict[str, Any]:
@@ -126,7 +127,8 @@ def build_openapi() -> dict[str, Any]:
                           **_errors(400, 404, 409, 415, 422)}}},
         "/v1/aliases": {"get": {"summary": "List aliases", "responses": {"200": {"description": "Aliases"}}}},
         "/v1/aliases/{name}": {
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": ALIAS_PATTERN}}],
             "put": {"summary": "Point an alias at a model",
                     "requestBody": {"required": True, **_json(_ref("AliasSet"))},
                     "responses": {"200": {"description": "Set", **_json(_ref("AliasRead"))},

@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_v
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
+# Alias names appear in URLs: plain tokens only.
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

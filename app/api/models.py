@@ -12,12 +12,11 @@ from app.db import jobs, registry
 from app.db.models import Model
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
-from app.spec import AliasRead, AliasSet, ModelRead, PredictRequest
+from app.spec import ALIAS_PATTERN, AliasRead, AliasSet, ModelRead, PredictRequest
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
 
-ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 def model_json(model: Model) -> dict:
