@@ -9,8 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from app import __version__
 from app.spec import (ALIAS_PATTERN, AliasRead, AliasSet, DatasetCreate, DatasetRead, EvaluationRead, JobRead,
-                      ModelRead,
-                      PredictRequest, PredictResponse, TrainingSpec)
+                      ModelRead, PredictRequest, PredictResponse, TrainingSpec)
 
 _MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, PredictRequest,
                                   PredictResponse, AliasSet, AliasRead, EvaluationRead]
