@@ -90,7 +90,9 @@ class OptimizerSpec(_Strict):
     @classmethod
     def _default_lr(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("lr") is None:
-            data = {**data, "lr": DEFAULT_LR.get(data.get("name", "adam"), 1e-3)}
+            name = data.get("name", "adam")
+            # A name of the wrong type is left for field validation to report (422), not a TypeError here.
+            data = {**data, "lr": DEFAULT_LR.get(name, 1e-3) if isinstance(name, str) else None}
         return data
 
     @model_validator(mode="after")

@@ -52,3 +52,21 @@ def test_spec_is_frozen_and_round_trips_through_json():
     assert again == s
     with pytest.raises(ValidationError):
         s.epochs = 3
+
+
+WEIRD = [None, 5, "x", [], {}, {"a": 1}, [1, 2], True, 1.5]
+
+
+@pytest.mark.parametrize("preset", ["default", "fast"])
+def test_values_of_any_type_anywhere_are_validation_errors_never_crashes(preset):
+    # Found by schemathesis: {"optimizer": {"name": {...}}} raised TypeError (a 500) in a before-validator.
+    cases = [{section: w} for section in ("model", "optimizer", "scheduler", "tokenizer", "early_stopping",
+                                          "augment", "class_weights", "preset") for w in WEIRD]
+    cases += [{section: {key: w}} for section in ("model", "optimizer", "scheduler", "tokenizer", "early_stopping",
+                                                  "augment")
+              for key in ("name", "lr", "gamma", "milestones", "metric", "kind") for w in WEIRD]
+    for fields in cases:
+        try:
+            spec(**{"preset": preset, **fields})
+        except ValidationError:
+            pass
