@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -55,11 +56,30 @@ def worker() -> None:
 
 
 @main.command()
+@click.option("--interval", default=30.0, show_default=True, help="Seconds between passes.")
+@click.option("--health-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Touched after every successful pass (for container healthchecks).")
+def reaper(interval: float, health_file: Path | None) -> None:
+    """Re-queue training jobs whose worker stopped sending heartbeats (run one per deployment)."""
+    import logging
+
+    from app.broker import make_celery
+    from app.db.session import make_engine, make_sessionmaker
+    from app.reaper import run_forever
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_forever(sessionmaker=make_sessionmaker(make_engine(settings.database_url)), celery=make_celery(settings),
+                settings=settings, interval_s=interval, health_file=health_file)
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option("--no-worker", is_flag=True, help="Serve the API only (workers run elsewhere).")
 def serve(host: str, port: int, no_worker: bool) -> None:
-    """Run the whole service: migrations, the API under gunicorn and a training worker, restarted if they die."""
+    """Run the whole service: migrations, the API under gunicorn, a training worker and the reaper of lost jobs,
+    each restarted if it dies."""
     from app.migrate import upgrade
 
     settings = get_settings()
@@ -72,7 +92,8 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     # Children read the same settings from the environment; pin the resolved paths so a different cwd agrees.
     env = {**os.environ, "TEXTCLF_DATA_DIR": str(settings.data_dir), "DATABASE_URL": settings.database_url,
            "CELERY_BROKER_URL": settings.celery_broker_url, "ARTIFACT_DIR": str(settings.artifact_dir)}
-    commands = {"api": api_command(settings, host, port)}
+    commands = {"api": api_command(settings, host, port),
+                "reaper": [sys.executable, "-m", "app.cli", "reaper"]}
     if not no_worker:
         commands["worker"] = worker_command(settings)
     Supervisor(commands, env).run()

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
         description="Seconds before Redis re-delivers an unacknowledged task.",
     )
 
+    job_heartbeat_timeout: int = Field(
+        300, ge=10, validation_alias="JOB_HEARTBEAT_TIMEOUT",
+        description="Seconds without a heartbeat before a running job counts as lost and is re-queued.")
+    job_max_attempts: int = Field(3, ge=1, le=100, validation_alias="JOB_MAX_ATTEMPTS",
+                                  description="Times a lost job is started before it fails with worker_lost.")
     max_upload_bytes: int = Field(
         100 * 1024 * 1024, ge=1024, validation_alias="MAX_UPLOAD_BYTES",
         description="Largest request body accepted (413 above it).",

@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     dataset_missing = "dataset_missing"
     training_diverged = "training_diverged"
     spec_data_mismatch = "spec_data_mismatch"
+    worker_lost = "worker_lost"
     onnx_parity_failed = "onnx_parity_failed"
     cuda_unavailable = "cuda_unavailable"
     training_error = "training_error"

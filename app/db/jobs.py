@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -102,6 +103,32 @@ def request_cancel(*, session: Session, job_id: uuid.UUID) -> str | None:
         .execution_options(synchronize_session=False)
     )
     return session.scalar(select(TrainingJob.status).where(TrainingJob.id == job_id))
+
+
+def reap_stale_jobs(*, session: Session, stale_after_s: float, max_attempts: int) -> tuple[list[uuid.UUID],
+                                                                                        list[uuid.UUID]]:
+    """Running jobs whose heartbeat stopped (worker killed, machine lost): re-queue them, or fail those that
+    used up their attempts. Returns (requeued, failed); the caller sends the requeued ones to the broker."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    stale = list(session.scalars(
+        select(TrainingJob).where(TrainingJob.status.in_((JobStatus.running, JobStatus.cancelling)),
+                                  TrainingJob.heartbeat_at < cutoff).with_for_update(skip_locked=True)))
+    requeued, failed = [], []
+    for job in stale:
+        if job.status == JobStatus.cancelling:  # the user wanted it stopped; it is
+            job.status, job.finished_at, job.progress = JobStatus.cancelled, utcnow(), {"stage": "cancelled"}
+        elif job.attempts >= max_attempts:
+            job.status, job.finished_at = JobStatus.failed, utcnow()
+            job.error_code = "worker_lost"
+            job.error_message = (f"The worker stopped responding {job.attempts} times (killed, out of memory, or "
+                                 f"its machine was lost); giving up.")
+            job.progress = {"stage": "failed"}
+            failed.append(job.id)
+        else:
+            job.status, job.worker_id, job.progress = JobStatus.queued, None, {"stage": "queued", "requeued": True}
+            requeued.append(job.id)
+    session.flush()
+    return requeued, failed
 
 
 def get_status(*, session: Session, job_id: uuid.UUID) -> str | None:

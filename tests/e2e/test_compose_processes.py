@@ -34,7 +34,7 @@ def test_compose_roles_run_as_processes(tmp_path: Path, processes, pg_url, redis
     services = compose["services"]
     settings = make_settings(tmp_path, DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url)
     env = child_env(settings)
-    for name in ("migrate", "api", "worker"):
+    for name in ("migrate", "api", "worker", "reaper"):
         for key in services[name]["environment"]:  # every variable compose sets is one we set here too
             assert key in env, key
     port = free_port()
@@ -45,7 +45,11 @@ def test_compose_roles_run_as_processes(tmp_path: Path, processes, pg_url, redis
 
     processes.start("api", compose_command(services["api"], port), env)
     processes.start("worker", compose_command(services["worker"], port), env)
+    alive = tmp_path / "reaper.alive"
+    reaper = [a.replace("/tmp/textclf-reaper.alive", str(alive)) for a in compose_command(services["reaper"], port)]
+    processes.start("reaper", reaper, env)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/readyz", timeout=60, procs=processes)
     run_story(base)
+    assert alive.exists(), processes.log("reaper")  # the reaper made a pass against PostgreSQL and Redis
     assert "succeeded" in processes.log("worker") or "Task worker.train_model" in processes.log("worker")

@@ -166,3 +166,46 @@ def test_class_weights_that_do_not_fit_the_data_fail_with_a_stable_code(pg):
     with sm() as s:
         job = jobs.get_job(session=s, job_id=job_id)
     assert job.error_code == "spec_data_mismatch" and "weather" in job.error_message
+
+
+def test_the_reaper_requeues_a_job_whose_worker_died_and_it_then_trains(pg):
+    from datetime import timedelta
+
+    from app.broker import make_celery
+    from app.db.base import utcnow
+    from app.reaper import reap_once
+
+    settings, sm = pg
+    celery = make_celery(settings)  # the embedded filesystem broker: messages are files we can count
+    job_id = queue_job(settings, sm)
+    with sm.begin() as s:  # a worker claimed it, then was SIGKILLed: its heartbeat is an hour old
+        assert jobs.claim_job(session=s, job_id=job_id, worker_id="dead:1")
+        jobs.get_job(session=s, job_id=job_id).heartbeat_at = utcnow() - timedelta(hours=1)
+    queue = settings.broker_dir / "queue"
+    before = set(queue.iterdir())
+    assert reap_once(sessionmaker=sm, celery=celery, settings=settings) == (1, 0)
+    assert len(set(queue.iterdir()) - before) == 1
+    assert reap_once(sessionmaker=sm, celery=celery, settings=settings) == (0, 0)  # nothing stale now
+    assert run_training(sessionmaker=sm, settings=settings, job_id=job_id) == "succeeded"
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+        assert job.attempts == 2 and job.model_id is not None
+
+
+def test_the_reaper_fails_a_job_that_keeps_losing_its_worker(pg):
+    from datetime import timedelta
+
+    from app.broker import make_celery
+    from app.db.base import utcnow
+    from app.reaper import reap_once
+
+    settings, sm = pg
+    job_id = queue_job(settings, sm)
+    with sm.begin() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+        job.status, job.attempts = "running", settings.job_max_attempts
+        job.heartbeat_at = utcnow() - timedelta(hours=1)
+    assert reap_once(sessionmaker=sm, celery=make_celery(settings), settings=settings) == (0, 1)
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+    assert job.status == "failed" and job.error_code == "worker_lost"

@@ -31,6 +31,7 @@ COMMANDS = {
     "migrate": "textclf migrate",
     "api": 'gunicorn --workers 2 --bind 0.0.0.0:8000 --timeout 60 --access-logfile - "app:create_app()"',
     "worker": "celery -A worker.celery_app worker --loglevel INFO --concurrency 1 --max-tasks-per-child 1",
+    "reaper": "textclf reaper --health-file /tmp/textclf-reaper.alive",
 }
 ENVIRONMENT = {
     "DATABASE_URL": "postgresql+psycopg://textclf:textclf@postgres:5432/textclf",
@@ -146,8 +147,8 @@ def test_schema_check_catches_a_typo():
 
 # compose.yaml: structure
 
-def test_compose_has_the_five_services():
-    assert set(load_compose()["services"]) == {"postgres", "redis", "migrate", "api", "worker"}
+def test_compose_has_the_six_services():
+    assert set(load_compose()["services"]) == {"postgres", "redis", "migrate", "api", "worker", "reaper"}
 
 
 def test_every_long_running_service_has_a_healthcheck():
@@ -181,7 +182,7 @@ def test_migrate_runs_from_the_api_image_after_postgres():
     assert depends_on(services["migrate"])["postgres"] == "service_healthy"
 
 
-@pytest.mark.parametrize("role", ["api", "worker"])
+@pytest.mark.parametrize("role", ["api", "worker", "reaper"])
 def test_roles_wait_for_migrate_and_redis(role):
     deps = depends_on(load_compose()["services"][role])
     assert deps.get("migrate") == "service_completed_successfully"
