@@ -56,10 +56,10 @@ def worker() -> None:
 
 
 @main.command()
-@click.option("--interval", default=30.0, show_default=True, help="Seconds between passes.")
+@click.option("--interval", type=float, help="Seconds between passes (default: REAPER_INTERVAL).")
 @click.option("--health-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Touched after every successful pass (for container healthchecks).")
-def reaper(interval: float, health_file: Path | None) -> None:
+def reaper(interval: float | None, health_file: Path | None) -> None:
     """Re-queue training jobs whose worker stopped sending heartbeats (run one per deployment)."""
     import logging
 
@@ -70,7 +70,7 @@ def reaper(interval: float, health_file: Path | None) -> None:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_forever(sessionmaker=make_sessionmaker(make_engine(settings.database_url)), celery=make_celery(settings),
-                settings=settings, interval_s=interval, health_file=health_file)
+                settings=settings, interval_s=interval or settings.reaper_interval, health_file=health_file)
 
 
 @main.command()

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     job_heartbeat_timeout: int = Field(
         300, ge=10, validation_alias="JOB_HEARTBEAT_TIMEOUT",
         description="Seconds without a heartbeat before a running job counts as lost and is re-queued.")
+    reaper_interval: float = Field(30.0, gt=0, le=3600, validation_alias="REAPER_INTERVAL",
+                                   description="Seconds between the reaper's passes over running jobs.")
     job_max_attempts: int = Field(3, ge=1, le=100, validation_alias="JOB_MAX_ATTEMPTS",
                                   description="Times a lost job is started before it fails with worker_lost.")
     max_upload_bytes: int = Field(

@@ -1,0 +1,63 @@
+"""Fault tests on the running service: a worker killed mid-training loses no job and trains nothing twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import child_env, free_port, make_settings, tiny_dataset_csv, wait_http, wait_job
+from tests.e2e.test_embedded import worker_pid
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_sigkill_of_the_training_process_mid_epoch_requeues_and_the_job_succeeds(tmp_path: Path, processes):
+    settings = make_settings(tmp_path)
+    env = {**child_env(settings), "JOB_HEARTBEAT_TIMEOUT": "10", "REAPER_INTERVAL": "1"}
+    port = free_port()
+    serve = processes.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/readyz", timeout=90, procs=processes)
+    dataset = requests.post(f"{base}/v1/datasets", files={"file": ("d.csv", tiny_dataset_csv())}, timeout=30).json()
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset["id"], "epochs": 25, "batch_size": 4},
+                        timeout=10).json()
+
+    # Wait until it trains (an epoch is recorded), then SIGKILL the process doing the training.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = requests.get(f"{base}/v1/jobs/{job['id']}", timeout=10).json()
+        if state["status"] == "running" and state["history"]:
+            break
+        time.sleep(0.2)
+    assert state["status"] == "running" and state["attempts"] == 1, state
+    main = worker_pid(serve.pid)
+    trainers = children(main)
+    assert trainers, "no Celery pool process found"
+    for pid in trainers:
+        os.kill(pid, signal.SIGKILL)
+
+    final = wait_job(base, job["id"], timeout=240)
+    assert final["status"] == "succeeded", final
+    assert final["attempts"] == 2 and len(final["history"]) == 25
+    models = requests.get(f"{base}/v1/models", timeout=10).json()
+    assert [m["job_id"] for m in models["items"]].count(job["id"]) == 1  # one model: trained to the end once more
+    assert "re-queued" in processes.log("serve")
