@@ -61,3 +61,32 @@ def test_sigkill_of_the_training_process_mid_epoch_requeues_and_the_job_succeeds
     models = requests.get(f"{base}/v1/models", timeout=10).json()
     assert [m["job_id"] for m in models["items"]].count(job["id"]) == 1  # one model: trained to the end once more
     assert "re-queued" in processes.log("serve")
+
+
+def test_cancel_a_running_job_through_the_api_and_its_process_exits(tmp_path: Path, processes):
+    settings = make_settings(tmp_path)
+    port = free_port()
+    serve = processes.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                            child_env(settings))
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/readyz", timeout=90, procs=processes)
+    dataset = requests.post(f"{base}/v1/datasets", files={"file": ("d.csv", tiny_dataset_csv())}, timeout=30).json()
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset["id"], "epochs": 200, "batch_size": 4},
+                        timeout=10).json()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = requests.get(f"{base}/v1/jobs/{job['id']}", timeout=10).json()
+        if state["status"] == "running" and state["history"]:
+            break
+        time.sleep(0.2)
+    trainer = children(worker_pid(serve.pid))
+    assert len(trainer) == 1
+    reply = requests.post(f"{base}/v1/jobs/{job['id']}/cancel", timeout=10)
+    assert reply.status_code == 202 and reply.json()["status"] == "cancelling"
+    final = wait_job(base, job["id"], timeout=60)
+    assert final["status"] == "cancelled" and final["model_id"] is None and len(final["history"]) < 200
+    # One job per process: the process that trained it exits and frees its memory (and GPU, on a GPU worker).
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{trainer[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{trainer[0]}").exists()
