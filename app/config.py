@@ -9,6 +9,10 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# Seconds between the soft time limit (the job fails cleanly) and the hard one (the process is killed).
+HARD_LIMIT_GRACE_S = 60
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Defaults give the embedded mode: SQLite, a filesystem broker, local artifacts."""
 
@@ -37,6 +41,9 @@ class Settings(BaseSettings):
         description="Seconds before Redis re-delivers an unacknowledged task.",
     )
 
+    job_max_runtime_seconds: int = Field(
+        24 * 3600, ge=60, validation_alias="JOB_MAX_RUNTIME_SECONDS",
+        description="Ceiling on any job's run time (the spec's max_runtime_seconds may only lower it).")
     job_heartbeat_timeout: int = Field(
         300, ge=10, validation_alias="JOB_HEARTBEAT_TIMEOUT",
         description="Seconds without a heartbeat before a running job counts as lost and is re-queued.")
@@ -78,7 +85,17 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'textclf.db'}"
         if not self.celery_broker_url:
             self.celery_broker_url = "filesystem://"
+        # Redis re-delivers a message still unacknowledged after visibility_timeout: a job that may legally run
+        # longer would get a second copy (celery#5935).
+        if self.broker_visibility_timeout <= self.job_max_runtime_seconds + HARD_LIMIT_GRACE_S:
+            raise ValueError("BROKER_VISIBILITY_TIMEOUT must exceed JOB_MAX_RUNTIME_SECONDS + "
+                             f"{HARD_LIMIT_GRACE_S} (the hard time limit)")
         return self
+
+    def time_limits(self, requested: int | None) -> tuple[int, int]:
+        """(soft, hard) Celery time limits for a job: the spec's wish, capped by the server's ceiling."""
+        soft = min(requested or self.job_max_runtime_seconds, self.job_max_runtime_seconds)
+        return soft, soft + HARD_LIMIT_GRACE_S
 
     @property
     def is_sqlite(self) -> bool:

@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     training_diverged = "training_diverged"
     spec_data_mismatch = "spec_data_mismatch"
     worker_lost = "worker_lost"
+    time_limit_exceeded = "time_limit_exceeded"
     onnx_parity_failed = "onnx_parity_failed"
     cuda_unavailable = "cuda_unavailable"
     training_error = "training_error"

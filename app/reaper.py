@@ -22,9 +22,10 @@ def reap_once(*, sessionmaker: sessionmaker[Session], celery: Celery, settings: 
     with sessionmaker.begin() as session:
         requeued, failed = jobs.reap_stale_jobs(session=session, stale_after_s=settings.job_heartbeat_timeout,
                                                 max_attempts=settings.job_max_attempts)
-    for job_id in requeued:
+    for job_id, max_runtime in requeued:
         # A new task id: Celery may still hold the old message as "rejected"; the claim makes duplicates harmless.
-        celery.send_task(TRAIN_TASK, args=[str(job_id)])
+        soft, hard = settings.time_limits(max_runtime)
+        celery.send_task(TRAIN_TASK, args=[str(job_id)], soft_time_limit=soft, time_limit=hard)
         log.warning("job %s lost its worker; re-queued", job_id)
     for job_id in failed:
         log.error("job %s lost its worker too often; failed", job_id)

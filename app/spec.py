@@ -225,6 +225,10 @@ class TrainingSpec(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the split, initialisation and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when present.")
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many steps (for smoke tests).")
+    max_runtime_seconds: int | None = Field(
+        None, ge=10, le=30 * 24 * 3600,
+        description="Stop the job (failed: time_limit_exceeded) after this long; null means the server's ceiling "
+                    "(JOB_MAX_RUNTIME_SECONDS); a value above that ceiling is refused.")
     preset: Literal["default", "fast"] = Field(
         "default", description="Defaults to start from; the spec's own fields win. fast: a fastText-like model "
                                "(hashed bigrams, sparse SGD, 10 epochs) that trains in seconds.")

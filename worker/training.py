@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,6 +69,11 @@ def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job
     except JobFailed as exc:
         log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
         _fail(sessionmaker, job_id, exc.code, exc.message)
+        return JobStatus.failed
+    except SoftTimeLimitExceeded:
+        _fail(sessionmaker, job_id, ErrorCode.time_limit_exceeded,
+              f"The job ran past its time limit ({spec.max_runtime_seconds or settings.job_max_runtime_seconds} s; "
+              "max_runtime_seconds in the spec, capped by JOB_MAX_RUNTIME_SECONDS).")
         return JobStatus.failed
     except OperationalError:
         raise  # infrastructure: Celery retries the task

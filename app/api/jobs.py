@@ -39,6 +39,12 @@ def create_job():
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
                                [{"loc": [field], "msg": "dataset not found", "type": "not_found"}])
     _check_class_weights(spec, datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels)
+    ceiling = state().settings.job_max_runtime_seconds
+    if spec.max_runtime_seconds is not None and spec.max_runtime_seconds > ceiling:
+        raise ServiceError(ErrorCode.validation_error,
+                           f"max_runtime_seconds may be at most {ceiling} on this server (JOB_MAX_RUNTIME_SECONDS).",
+                           422, [{"loc": ["max_runtime_seconds"], "msg": f"must be <= {ceiling}",
+                                  "type": "less_than_equal"}])
     job = jobs.create_job(session=session, spec=spec)
     body, location = job_json(job), f"/v1/jobs/{job.id}"
     idempotency.remember(session, "jobs", key, request_hash, body, 202, location)
@@ -51,7 +57,9 @@ def create_job():
         raise
     # Enqueue only after commit, so the worker always finds the row. The task id is the job id.
     try:
-        state().celery.send_task(TRAIN_TASK, args=[str(job.id)], task_id=str(job.id))
+        soft, hard = state().settings.time_limits(spec.max_runtime_seconds)
+        state().celery.send_task(TRAIN_TASK, args=[str(job.id)], task_id=str(job.id), soft_time_limit=soft,
+                                 time_limit=hard)
     except Exception:
         log.exception("could not enqueue job %s", job.id)
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.endpoint == "jobs", IdempotencyKey.key == key))

@@ -105,10 +105,11 @@ def request_cancel(*, session: Session, job_id: uuid.UUID) -> str | None:
     return session.scalar(select(TrainingJob.status).where(TrainingJob.id == job_id))
 
 
-def reap_stale_jobs(*, session: Session, stale_after_s: float, max_attempts: int) -> tuple[list[uuid.UUID],
-                                                                                        list[uuid.UUID]]:
+def reap_stale_jobs(*, session: Session, stale_after_s: float,
+                    max_attempts: int) -> tuple[list[tuple[uuid.UUID, int | None]], list[uuid.UUID]]:
     """Running jobs whose heartbeat stopped (worker killed, machine lost): re-queue them, or fail those that
-    used up their attempts. Returns (requeued, failed); the caller sends the requeued ones to the broker."""
+    used up their attempts. Returns ([(id, max_runtime_seconds)] requeued, [id] failed); the caller sends the
+    requeued ones to the broker."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     stale = list(session.scalars(
         select(TrainingJob).where(TrainingJob.status.in_((JobStatus.running, JobStatus.cancelling)),
@@ -126,7 +127,7 @@ def reap_stale_jobs(*, session: Session, stale_after_s: float, max_attempts: int
             failed.append(job.id)
         else:
             job.status, job.worker_id, job.progress = JobStatus.queued, None, {"stage": "queued", "requeued": True}
-            requeued.append(job.id)
+            requeued.append((job.id, job.spec.get("max_runtime_seconds")))
     session.flush()
     return requeued, failed
 

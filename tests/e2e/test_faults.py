@@ -90,3 +90,18 @@ def test_cancel_a_running_job_through_the_api_and_its_process_exits(tmp_path: Pa
     while Path(f"/proc/{trainer[0]}").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not Path(f"/proc/{trainer[0]}").exists()
+
+
+def test_a_job_past_its_time_limit_fails_cleanly(tmp_path: Path, processes):
+    settings = make_settings(tmp_path)
+    port = free_port()
+    processes.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], child_env(settings))
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/readyz", timeout=90, procs=processes)
+    dataset = requests.post(f"{base}/v1/datasets", files={"file": ("d.csv", tiny_dataset_csv())}, timeout=30).json()
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset["id"], "epochs": 200, "batch_size": 4,
+                                                 "max_runtime_seconds": 10}, timeout=10).json()
+    final = wait_job(base, job["id"], timeout=120)
+    assert final["status"] == "failed" and final["error"]["code"] == "time_limit_exceeded", final
+    assert final["model_id"] is None and 0 < len(final["history"]) < 200
+    assert not list(settings.models_dir.glob(".tmp-*"))  # nothing half-written left behind

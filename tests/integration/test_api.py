@@ -737,3 +737,18 @@ def test_every_reply_has_security_headers_and_a_request_id(api: Api):
     assert echoed.headers["X-Request-ID"] == "trace-42.a"
     replaced = api.get("/healthz", headers={"X-Request-ID": "bad id\x01"})
     assert replaced.headers["X-Request-ID"] != "bad id\x01" and len(replaced.headers["X-Request-ID"]) == 32
+
+
+def test_max_runtime_above_the_servers_ceiling_is_422(tmp_path: Path):
+    with running_api(sqlite_settings(tmp_path, JOB_MAX_RUNTIME_SECONDS=3600, BROKER_VISIBILITY_TIMEOUT=7200)) as (api, _):
+        dataset_id = api.create_dataset()
+        with api.writes_nothing():
+            error = assert_error(api.post("/v1/jobs", json={"dataset_id": dataset_id, "max_runtime_seconds": 7200}),
+                                 422, "validation_error", says=("3600",))
+        assert locs(error) == [["max_runtime_seconds"]]
+        assert api.post("/v1/jobs", json={"dataset_id": dataset_id, "max_runtime_seconds": 600}).status_code == 202
+
+
+def test_visibility_timeout_must_outlast_the_longest_job(tmp_path: Path):
+    with pytest.raises(ValueError, match="BROKER_VISIBILITY_TIMEOUT"):
+        sqlite_settings(tmp_path, JOB_MAX_RUNTIME_SECONDS=7200, BROKER_VISIBILITY_TIMEOUT=3600)
