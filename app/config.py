@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     job_max_runtime_seconds: int = Field(
         24 * 3600, ge=60, validation_alias="JOB_MAX_RUNTIME_SECONDS",
         description="Ceiling on any job's run time (the spec's max_runtime_seconds may only lower it).")
+    worker_seen_within: int = Field(
+        90, ge=10, validation_alias="WORKER_SEEN_WITHIN",
+        description="/readyz needs a training worker heartbeat (sent every 15 s) this recent, in seconds.")
     job_heartbeat_timeout: int = Field(
         300, ge=10, validation_alias="JOB_HEARTBEAT_TIMEOUT",
         description="Seconds without a heartbeat before a running job counts as lost and is re-queued.")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from celery.signals import worker_process_init
+import logging
+import os
+import socket
+import threading
+
+from celery.signals import worker_process_init, worker_ready
+from sqlalchemy.exc import OperationalError
 
 from app.broker import make_celery
 from app.config import get_settings
+from app.db import jobs
 from app.db.session import make_engine, make_sessionmaker
 
 settings = get_settings()
@@ -18,3 +25,27 @@ SessionLocal = make_sessionmaker(engine)
 def _after_fork(**_kwargs) -> None:
     # Connections opened in the parent must not be shared with the forked child (SQLAlchemy's pooling docs).
     engine.dispose(close=False)
+
+
+# The main worker process says it is alive every this many seconds (the API's /readyz reads it).
+WORKER_HEARTBEAT_S = 15.0
+log = logging.getLogger(__name__)
+
+
+@worker_ready.connect
+def _start_heartbeat(**_kwargs) -> None:
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    def beat() -> None:
+        # Its own engine: the pool processes forked later must not share a connection pool with this thread.
+        beat_sessions = make_sessionmaker(make_engine(settings.database_url))
+        while True:
+            try:
+                with beat_sessions.begin() as session:
+                    jobs.record_worker_heartbeat(session=session, worker_id=worker_id)
+            except OperationalError:
+                log.warning("worker heartbeat: database unavailable")
+            stop.wait(WORKER_HEARTBEAT_S)
+
+    stop = threading.Event()
+    threading.Thread(target=beat, name="textclf-heartbeat", daemon=True).start()

@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint
 from sqlalchemy import text
 
+from app.db import jobs
 from app.extensions import get_session, state
 
 bp = Blueprint("health", __name__)
@@ -21,11 +22,15 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """The database and the broker are reachable: the API can accept and queue work."""
+    """The database and the broker are reachable and a training worker was seen recently."""
     checks: dict[str, str] = {}
+    session = get_session()
     try:
-        get_session().execute(text("SELECT 1"))
+        session.execute(text("SELECT 1"))
         checks["database"] = "ok"
+        # A worker that stopped consuming (celery#8030) stops beating too: "ready" means jobs will run.
+        within = state().settings.worker_seen_within
+        checks["workers"] = "ok" if jobs.workers_seen_since(session=session, seconds=within) else "none_seen"
     except Exception as exc:  # any failure means not ready; the reason goes to the log, not the reply
         log.warning("readiness: database: %s", exc.__class__.__name__)
         checks["database"] = "unavailable"

@@ -10,7 +10,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import TrainingJob
+from app.db.models import TrainingJob, WorkerHeartbeat
 from app.spec import JobStatus, TrainingSpec
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
@@ -157,3 +157,20 @@ def finish_job(*, session: Session, job_id: uuid.UUID, status: JobStatus, metric
     )
     return result.rowcount == 1
 
+
+
+def record_worker_heartbeat(*, session: Session, worker_id: str) -> None:
+    """Note that `worker_id` is alive now."""
+    now = utcnow()
+    updated = session.execute(update(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id)
+                              .values(seen_at=now).execution_options(synchronize_session=False))
+    if updated.rowcount == 0:
+        session.add(WorkerHeartbeat(worker_id=worker_id, seen_at=now))
+    session.flush()
+
+
+def workers_seen_since(*, session: Session, seconds: float) -> int:
+    """How many workers sent a heartbeat in the last `seconds`."""
+    cutoff = utcnow() - timedelta(seconds=seconds)
+    return session.scalar(select(func.count()).select_from(WorkerHeartbeat)
+                          .where(WorkerHeartbeat.seen_at >= cutoff)) or 0

@@ -104,3 +104,12 @@ class IdempotencyKey(Base):
     response: Mapped[dict[str, Any]] = mapped_column(JSONType)
     location: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """A training worker's last sign of life: /readyz wants at least one seen recently."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

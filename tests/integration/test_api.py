@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 
 from app import create_app
 from app.config import Settings
+from app.db import jobs as jobs_db
 from app.db.session import make_engine, make_sessionmaker
 from app.migrate import upgrade
 from tests.conftest import make_settings, tiny_dataset_csv
@@ -620,10 +621,19 @@ def test_unknown_route_and_wrong_method_use_the_error_shape(api: Api):
     assert set(resp.headers["Allow"].split(", ")) >= {"GET", "POST"}
 
 
-def test_health(api: Api):
-    assert api.get("/healthz").get_json() == {"status": "ok"}
-    ready = api.get("/readyz")
-    assert ready.status_code == 200 and ready.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+def test_health(tmp_path: Path):
+    with running_api(sqlite_settings(tmp_path)) as (api, sessionmaker):
+        assert api.get("/healthz").get_json() == {"status": "ok"}
+        # No training worker has been seen: the API can store jobs but nothing would run them.
+        waiting = api.get("/readyz")
+        assert waiting.status_code == 503
+        assert waiting.get_json()["checks"] == {"database": "ok", "workers": "none_seen", "broker": "ok"}
+        with sessionmaker.begin() as session:
+            jobs_db.record_worker_heartbeat(session=session, worker_id="host:1")
+            jobs_db.record_worker_heartbeat(session=session, worker_id="host:1")  # an upsert, not a duplicate
+        ready = api.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.get_json()["checks"] == {"database": "ok", "workers": "ok", "broker": "ok"}
 
 
 # ---------------------------------------------------------------------------------------------------------
