@@ -105,3 +105,30 @@ def test_a_job_past_its_time_limit_fails_cleanly(tmp_path: Path, processes):
     assert final["status"] == "failed" and final["error"]["code"] == "time_limit_exceeded", final
     assert final["model_id"] is None and 0 < len(final["history"]) < 200
     assert not list(settings.models_dir.glob(".tmp-*"))  # nothing half-written left behind
+
+
+def test_the_same_task_message_delivered_three_times_trains_once(tmp_path: Path, processes):
+    from app.broker import make_celery
+    from app.tasks import TRAIN_TASK
+
+    settings = make_settings(tmp_path)
+    port = free_port()
+    processes.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], child_env(settings))
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/readyz", timeout=90, procs=processes)
+    dataset = requests.post(f"{base}/v1/datasets", files={"file": ("d.csv", tiny_dataset_csv())}, timeout=30).json()
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset["id"], "epochs": 2}, timeout=10).json()
+    celery = make_celery(settings)  # the same broker the service uses: two more copies of the message
+    try:
+        for _ in range(2):
+            celery.send_task(TRAIN_TASK, args=[job["id"]])
+    finally:
+        celery.close()
+    final = wait_job(base, job["id"], timeout=120)
+    assert final["status"] == "succeeded" and final["attempts"] == 1
+    deadline = time.monotonic() + 60  # let the duplicates be consumed
+    while processes.log("serve").count("skipping this delivery") < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes.log("serve").count("skipping this delivery") == 2
+    models = requests.get(f"{base}/v1/models", timeout=10).json()
+    assert models["total"] == 1 and models["items"][0]["job_id"] == job["id"]
