@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -156,3 +157,61 @@ def tiny_dataset_csv() -> bytes:
         lines += [f"{s} {'today' if i else ''}".strip() + ",sports" for s in sports]
         lines += [f"{c} {'slowly' if i else ''}".strip() + ",cooking" for c in cooking]
     return ("\n".join(lines) + "\n").encode()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the embedded service as a process (e2e tests)
+
+
+def start_serve(tmp_path: Path, processes: Processes, **env: str) -> tuple[str, subprocess.Popen, Settings]:
+    """`textclf serve` on a free port with its own data folder, ready; returns (base URL, process, settings)."""
+    settings = make_settings(tmp_path)
+    port = free_port()
+    serve = processes.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                            {**child_env(settings), **env})
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/readyz", timeout=90, procs=processes)
+    return base, serve, settings
+
+
+def upload_tiny(base: str) -> str:
+    """Upload the tiny dataset; its id."""
+    reply = requests.post(f"{base}/v1/datasets", files={"file": ("d.csv", tiny_dataset_csv())}, timeout=30)
+    assert reply.status_code == 201, reply.text
+    return reply.json()["id"]
+
+
+def wait_running(base: str, job_id: str, timeout: float = 120.0) -> dict:
+    """Poll until the job is running and has finished at least one epoch (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = requests.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
+        if job["status"] == "running" and job["history"]:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} was not training after {timeout}s: {job}")
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (read from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def worker_pid(serve_pid: int) -> int | None:
+    """The Celery worker that `textclf serve` started (a direct child running worker.celery_app)."""
+    for pid in children(serve_pid):
+        try:
+            if b"worker.celery_app" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    return None

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import child_env, free_port, make_settings, tiny_dataset_csv, wait_http, wait_job
+from tests.conftest import start_serve, tiny_dataset_csv, wait_job, worker_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -64,29 +63,8 @@ def run_story(base: str) -> None:
     assert empty.status_code == 422 and empty.json()["error"]["code"] == "validation_error"
 
 
-def worker_pid(serve_pid: int) -> int | None:
-    """The Celery worker that `textclf serve` started (a direct child running worker.celery_app)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == serve_pid and b"worker.celery_app" in cmdline:
-            return int(entry.name)
-    return None
-
-
 def test_textclf_serve_trains_and_predicts(tmp_path: Path, processes):
-    settings = make_settings(tmp_path)
-    port = free_port()
-    serve = processes.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-                            child_env(settings))
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/readyz", timeout=90, procs=processes)
+    base, serve, settings = start_serve(tmp_path, processes)
     run_story(base)
     assert (settings.data_dir / "textclf.db").exists()
 
