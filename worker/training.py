@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +24,7 @@ from app.db.models import Model
 from app.errors import ErrorCode
 from app.ml.predictor import OnnxPredictor
 from app.spec import JobStatus, TrainingSpec
+from worker.ml.checkpoint import CheckpointStore, fingerprint
 from worker.ml.evaluation import evaluate
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,9 @@ class JobFailed(Exception):
 def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.UUID,
                  worker_id: str = "worker") -> str:
     """Claim, train, export, check and register; returns the job's final status (or 'skipped')."""
+    owner = f"{worker_id}:{os.getpid()}"
     with sessionmaker.begin() as session:
-        if not jobs.claim_job(session=session, job_id=job_id, worker_id=f"{worker_id}:{os.getpid()}"):
+        if not jobs.claim_job(session=session, job_id=job_id, worker_id=owner):
             log.info("job %s: not queued any more, skipping this delivery", job_id)
             return "skipped"
         job = jobs.get_job(session=session, job_id=job_id)
@@ -58,20 +61,39 @@ def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job
         dataset = get_dataset(session=session, dataset_id=spec.dataset_id)
         dataset_sha256 = dataset.sha256 if dataset else None
     log.info("job %s: claimed", job_id)
+    checkpoint = CheckpointStore(settings.jobs_dir / str(job_id),
+                                 fingerprint(spec.model_dump(mode="json"), dataset_sha256))
     try:
-        model_id, metrics = _train_and_register(sessionmaker, settings, job_id, spec, dataset_sha256)
+        with JobHeartbeat(sessionmaker, job_id, owner, interval_s=settings.job_heartbeat_timeout / 5):
+            status = _run(sessionmaker, settings, job_id, owner, spec, dataset_sha256, checkpoint)
+    except OperationalError:
+        raise  # infrastructure: the job is re-queued, and the next attempt resumes from the last checkpoint
+    except BaseException:
+        checkpoint.clear()
+        raise
+    # Every other way out is final (succeeded, failed, cancelled): the checkpoint is of no more use. A SIGKILL
+    # never gets here, which is the point: the next attempt resumes from it.
+    checkpoint.clear()
+    return status
+
+
+def _run(sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.UUID, owner: str,
+         spec: TrainingSpec, dataset_sha256: str | None, checkpoint: CheckpointStore) -> str:
+    try:
+        model_id, metrics = _train_and_register(sessionmaker, settings, job_id, owner, spec, dataset_sha256,
+                                                checkpoint)
     except JobCancelled:
         log.info("job %s cancelled", job_id)
         with sessionmaker.begin() as session:
             jobs.finish_job(session=session, job_id=job_id, status=JobStatus.cancelled,
-                            progress={"stage": "cancelled"})
+                            progress={"stage": "cancelled"}, worker_id=owner)
         return JobStatus.cancelled
     except JobFailed as exc:
         log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
-        _fail(sessionmaker, job_id, exc.code, exc.message)
+        _fail(sessionmaker, job_id, owner, exc.code, exc.message)
         return JobStatus.failed
     except SoftTimeLimitExceeded:
-        _fail(sessionmaker, job_id, ErrorCode.time_limit_exceeded,
+        _fail(sessionmaker, job_id, owner, ErrorCode.time_limit_exceeded,
               f"The job ran past its time limit ({spec.max_runtime_seconds or settings.job_max_runtime_seconds} s; "
               "max_runtime_seconds in the spec, capped by JOB_MAX_RUNTIME_SECONDS).")
         return JobStatus.failed
@@ -79,20 +101,53 @@ def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job
         raise  # infrastructure: Celery retries the task
     except Exception as exc:
         log.exception("job %s: unexpected error", job_id)
-        _fail(sessionmaker, job_id, ErrorCode.training_error, f"Training failed unexpectedly ({type(exc).__name__}).")
+        _fail(sessionmaker, job_id, owner, ErrorCode.training_error,
+              f"Training failed unexpectedly ({type(exc).__name__}).")
         return JobStatus.failed
     log.info("job %s succeeded: model %s, val accuracy %.4f", job_id, model_id, metrics.get("val_accuracy", 0.0))
     return JobStatus.succeeded
 
 
-def _fail(sm: sessionmaker[Session], job_id: uuid.UUID, code: ErrorCode, message: str) -> None:
+class JobHeartbeat:
+    """Touches the job's heartbeat every `interval_s` seconds from a thread, for as long as the attempt runs.
+
+    Progress writes beat too, but export, evaluation or tokenising a large dataset can each outlast the
+    reaper's JOB_HEARTBEAT_TIMEOUT; without this the reaper would re-queue a job that is alive.
+    """
+
+    def __init__(self, sm: sessionmaker[Session], job_id: uuid.UUID, owner: str, interval_s: float) -> None:
+        self.sm, self.job_id, self.owner, self.interval_s = sm, job_id, owner, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"job-heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> JobHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                with self.sm.begin() as session:
+                    if not jobs.touch_job(session=session, job_id=self.job_id, worker_id=self.owner):
+                        return  # the job ended or is no longer ours: nothing to keep alive
+            except OperationalError:
+                log.warning("job %s: heartbeat not written (database unavailable)", self.job_id)
+
+
+def _fail(sm: sessionmaker[Session], job_id: uuid.UUID, owner: str, code: ErrorCode, message: str) -> None:
     with sm.begin() as session:
         jobs.finish_job(session=session, job_id=job_id, status=JobStatus.failed, error_code=code,
-                        error_message=message, progress={"stage": "failed"})
+                        error_message=message, progress={"stage": "failed"}, worker_id=owner)
 
 
-def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: uuid.UUID, spec: TrainingSpec,
-                        dataset_sha256: str | None) -> tuple[uuid.UUID, dict[str, Any]]:
+def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: uuid.UUID, owner: str,
+                        spec: TrainingSpec,
+                        dataset_sha256: str | None,
+                        checkpoint: CheckpointStore) -> tuple[uuid.UUID, dict[str, Any]]:
     # torch is imported here, inside the task process, never in the Celery parent (CUDA and fork don't mix).
     import torch
 
@@ -110,7 +165,7 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
         raise JobFailed(ErrorCode.cuda_unavailable, "The spec asks for CUDA but this worker has no usable GPU.") \
             from None
     device_name = _describe(device, torch)
-    _write_progress(sm, job_id, {"stage": "training", "total_epochs": spec.epochs}, device=device_name)
+    _write_progress(sm, job_id, owner, {"stage": "training", "total_epochs": spec.epochs}, device=device_name)
 
     # train
     last_write, epochs_written = 0.0, 0
@@ -122,11 +177,11 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
         if len(history) == epochs_written and now - last_write < PROGRESS_INTERVAL_S:
             return
         last_write, epochs_written = now, len(history)
-        _write_progress(sm, job_id, {k: v for k, v in progress.items() if k != "history"}, history=history)
+        _write_progress(sm, job_id, owner, {k: v for k, v in progress.items() if k != "history"}, history=history)
 
     try:
         result = train(spec, texts, labels, label_names=label_names, device=device, on_progress=on_progress,
-                       should_stop=lambda: _cancel_requested(sm, job_id))
+                       should_stop=lambda: _cancel_requested(sm, job_id), checkpoint=checkpoint)
     except TrainingDiverged as exc:
         raise JobFailed(ErrorCode.training_diverged,
                         f"The loss became NaN or infinite ({exc}); lower the learning rate or clip gradients.") \
@@ -136,11 +191,16 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
     except SpecDataMismatch as exc:
         raise JobFailed(ErrorCode.spec_data_mismatch, str(exc)) from None
 
-    # export: into a private folder first, renamed into place only once complete and checked
-    _write_progress(sm, job_id, {**_last_progress(result, spec), "stage": "exporting"})
+    if result.metrics.get("resumed_from_epoch") is not None:
+        log.info("job %s: resumed from the checkpoint of epoch %s", job_id, result.metrics["resumed_from_epoch"])
+
+    # export: into a private folder first, renamed into place only once complete and checked. The folder is
+    # named for the job, so an attempt killed mid-export leaves debris the next attempt sweeps away.
+    _write_progress(sm, job_id, owner, {**_last_progress(result, spec), "stage": "exporting"})
     model_id = uuid.uuid4()
     final_dir = settings.models_dir / str(model_id)
-    work_dir = settings.models_dir / f".tmp-{model_id}"
+    work_dir = settings.models_dir / f".tmp-job-{job_id}"
+    shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         export_onnx(result.model, work_dir / "model.onnx", vocab_size=result.encoder.vocab_size)
@@ -155,7 +215,7 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
             raise JobFailed(ErrorCode.onnx_parity_failed, f"onnxruntime disagrees with torch: {exc}") from None
 
         # evaluate the exported model, i.e. exactly what will be served
-        _write_progress(sm, job_id, {**_last_progress(result, spec), "stage": "evaluating"})
+        _write_progress(sm, job_id, owner, {**_last_progress(result, spec), "stage": "evaluating"})
         evaluation = _evaluate_exported(work_dir, label_names, (val_texts, val_y), (test_texts, test_labels))
         metrics = {**_flat_metrics(result.metrics), "onnx_parity": parity, "device": device_name,
                    "dataset_sha256": dataset_sha256, "seed": spec.seed,
@@ -180,8 +240,9 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
                               metrics=metrics, artifacts=artifacts, evaluation=evaluation))
             session.flush()
             done = jobs.finish_job(session=session, job_id=job_id, status=JobStatus.succeeded, metrics=metrics,
-                                   model_id=model_id, progress={**_last_progress(result, spec), "stage": "done",
-                                                                "percent": 100.0, "eta_seconds": 0.0})
+                                   model_id=model_id, worker_id=owner,
+                                   progress={**_last_progress(result, spec), "stage": "done", "percent": 100.0,
+                                             "eta_seconds": 0.0})
             if not done:
                 raise JobFailed(ErrorCode.training_error, "The job was changed by someone else while it trained.")
     except BaseException:
@@ -190,11 +251,12 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
     return model_id, metrics
 
 
-def _write_progress(sm: sessionmaker[Session], job_id: uuid.UUID, progress: dict[str, Any],
+def _write_progress(sm: sessionmaker[Session], job_id: uuid.UUID, owner: str, progress: dict[str, Any],
                     history: list[dict[str, Any]] | None = None, device: str | None = None) -> None:
     try:
         with sm.begin() as session:
-            jobs.update_progress(session=session, job_id=job_id, progress=progress, history=history, device=device)
+            jobs.update_progress(session=session, job_id=job_id, progress=progress, history=history, device=device,
+                                 worker_id=owner)
     except OperationalError:
         # A database blip must not kill hours of training; the next write will carry the news.
         log.warning("job %s: could not write progress (database unavailable)", job_id)

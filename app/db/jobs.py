@@ -69,8 +69,26 @@ def claim_job(*, session: Session, job_id: uuid.UUID, worker_id: str) -> bool:
     return result.rowcount == 1
 
 
+def _owned(job_id: uuid.UUID, worker_id: str | None):
+    """WHERE clause: the job is active and, when `worker_id` is given, still held by that claim. A worker that
+    was presumed dead (its job re-queued and claimed again) then writes nothing, so it cannot overwrite the new
+    attempt's progress or register a second model."""
+    clause = [TrainingJob.id == job_id, TrainingJob.status.in_((JobStatus.running, JobStatus.cancelling))]
+    if worker_id is not None:
+        clause.append(TrainingJob.worker_id == worker_id)
+    return clause
+
+
+def touch_job(*, session: Session, job_id: uuid.UUID, worker_id: str) -> bool:
+    """The running job's heartbeat; False once the job is no longer this worker's (ended or re-queued)."""
+    result = session.execute(update(TrainingJob).where(*_owned(job_id, worker_id)).values(heartbeat_at=utcnow())
+                             .execution_options(synchronize_session=False))
+    return result.rowcount == 1
+
+
 def update_progress(*, session: Session, job_id: uuid.UUID, progress: dict[str, Any],
-                    history: list[dict[str, Any]] | None = None, device: str | None = None) -> str | None:
+                    history: list[dict[str, Any]] | None = None, device: str | None = None,
+                    worker_id: str | None = None) -> str | None:
     """Record progress on a running job; returns the job's status (the worker checks it for cancellation)."""
     values: dict[str, Any] = {"progress": progress, "heartbeat_at": utcnow()}
     if history is not None:
@@ -79,7 +97,7 @@ def update_progress(*, session: Session, job_id: uuid.UUID, progress: dict[str, 
         values["device"] = device
     session.execute(
         update(TrainingJob)
-        .where(TrainingJob.id == job_id, TrainingJob.status.in_((JobStatus.running, JobStatus.cancelling)))
+        .where(*_owned(job_id, worker_id))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
@@ -138,8 +156,10 @@ def get_status(*, session: Session, job_id: uuid.UUID) -> str | None:
 
 def finish_job(*, session: Session, job_id: uuid.UUID, status: JobStatus, metrics: dict[str, Any] | None = None,
                model_id: uuid.UUID | None = None, error_code: str | None = None,
-               error_message: str | None = None, progress: dict[str, Any] | None = None) -> bool:
-    """Move a running (or cancelling) job to a terminal status; False if it was no longer active."""
+               error_message: str | None = None, progress: dict[str, Any] | None = None,
+               worker_id: str | None = None) -> bool:
+    """Move a running (or cancelling) job to a terminal status; False if it was no longer active (or, with
+    `worker_id`, no longer that worker's)."""
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
     if metrics is not None:
         values["metrics"] = metrics
@@ -151,7 +171,7 @@ def finish_job(*, session: Session, job_id: uuid.UUID, status: JobStatus, metric
         values["progress"] = progress
     result = session.execute(
         update(TrainingJob)
-        .where(TrainingJob.id == job_id, TrainingJob.status.in_((JobStatus.running, JobStatus.cancelling)))
+        .where(*_owned(job_id, worker_id))
         .values(**values)
         .execution_options(synchronize_session=False)
     )

@@ -75,6 +75,15 @@ class TextEncoder:
         """Write the tokenizer as tokenizer.json (vocabulary, normalizer and pre-tokenizer included)."""
         self.tokenizer.save(str(path))
 
+    def to_json(self) -> str:
+        """The tokenizer.json text (what `save` writes), e.g. to keep inside a training checkpoint."""
+        return self.tokenizer.to_str()
+
+    @classmethod
+    def from_json(cls, text: str, max_length: int) -> TextEncoder:
+        """The inverse of `to_json`."""
+        return cls(Tokenizer.from_str(text), max_length)
+
     @property
     def vocab_size(self) -> int:
         """Number of ids, special tokens included (the embedding table's height)."""

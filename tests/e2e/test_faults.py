@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_sigkill_of_the_training_process_mid_epoch_requeues_and_the_job_succeeds(tmp_path: Path, processes):
-    base, serve, _ = start_serve(tmp_path, processes, JOB_HEARTBEAT_TIMEOUT="10", REAPER_INTERVAL="1")
+    base, serve, settings = start_serve(tmp_path, processes, JOB_HEARTBEAT_TIMEOUT="10", REAPER_INTERVAL="1")
     job = requests.post(f"{base}/v1/jobs", json={"dataset_id": upload_tiny(base), "epochs": 25, "batch_size": 4},
                         timeout=10).json()
 
@@ -31,10 +31,47 @@ def test_sigkill_of_the_training_process_mid_epoch_requeues_and_the_job_succeeds
 
     final = wait_job(base, job["id"], timeout=240)
     assert final["status"] == "succeeded", final
-    assert final["attempts"] == 2 and len(final["history"]) == 25
+    assert final["attempts"] == 2 and [h["epoch"] for h in final["history"]] == list(range(1, 26))
+    # The second attempt resumed from the last end-of-epoch checkpoint: at most one epoch was lost.
+    assert final["metrics"]["resumed_from_epoch"] >= len(state["history"]), final["metrics"]
+    assert "resumed from the checkpoint of epoch" in processes.log("serve")
     models = requests.get(f"{base}/v1/models", timeout=10).json()
-    assert [m["job_id"] for m in models["items"]].count(job["id"]) == 1  # one model: trained to the end once more
+    assert [m["job_id"] for m in models["items"]].count(job["id"]) == 1  # one complete model
     assert "re-queued" in processes.log("serve")
+    assert not (settings.jobs_dir / job["id"]).exists()  # the checkpoint goes once the job has ended
+
+
+def test_sigkill_during_onnx_export_registers_nothing_half_written_and_the_job_finishes(tmp_path: Path, processes):
+    base, serve, settings = start_serve(tmp_path, processes, JOB_HEARTBEAT_TIMEOUT="10", REAPER_INTERVAL="1")
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": upload_tiny(base), "epochs": 3, "batch_size": 4,
+                                                 "model": {"name": "bigru"}}, timeout=10).json()
+    # Poll fast until the job leaves the training loop, then kill the process mid-export.
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        state = requests.get(f"{base}/v1/jobs/{job['id']}", timeout=10).json()
+        if state["progress"].get("stage") == "exporting":
+            break
+        assert state["status"] in ("queued", "running"), state
+        time.sleep(0.02)
+    else:
+        raise AssertionError(f"the job never reached its export: {state}")
+    for pid in children(worker_pid(serve.pid)):
+        os.kill(pid, signal.SIGKILL)
+    assert requests.get(f"{base}/v1/models", timeout=10).json()["total"] == 0
+
+    final = wait_job(base, job["id"], timeout=240)
+    assert final["status"] == "succeeded" and final["attempts"] == 2, final
+    # Killed after the last epoch's checkpoint: the second attempt trained nothing again, it only exported.
+    assert final["metrics"]["resumed_from_epoch"] == 3 and len(final["history"]) == 3
+    models = requests.get(f"{base}/v1/models", timeout=10).json()
+    assert models["total"] == 1 and models["items"][0]["id"] == final["model_id"]
+    # On disk: the one registered model, complete; the killed attempt's half-written export is gone.
+    assert [p.name for p in settings.models_dir.iterdir()] == [final["model_id"]]
+    assert {"model.onnx", "tokenizer.json", "labels.json"} <= {p.name for p in
+                                                               (settings.models_dir / final["model_id"]).iterdir()}
+    reply = requests.post(f"{base}/v1/models/{final['model_id']}/predict", json={"texts": ["the striker scored"]},
+                          timeout=30)
+    assert reply.status_code == 200, reply.text
 
 
 def test_cancel_a_running_job_through_the_api_and_its_process_exits(tmp_path: Path, processes):

@@ -209,3 +209,48 @@ def test_the_reaper_fails_a_job_that_keeps_losing_its_worker(pg):
     with sm() as s:
         job = jobs.get_job(session=s, job_id=job_id)
     assert job.status == "failed" and job.error_code == "worker_lost"
+
+
+def test_a_worker_presumed_dead_cannot_write_over_the_attempt_that_replaced_it(pg):
+    """Worker A stalls past the heartbeat timeout, the reaper re-queues, worker B claims: A's late writes
+    (progress, heartbeat, success) change nothing, so no second model is ever registered for the job."""
+    from datetime import timedelta
+
+    from app.broker import make_celery
+    from app.db.base import utcnow
+    from app.reaper import reap_once
+
+    settings, sm = pg
+    job_id = queue_job(settings, sm)
+    with sm.begin() as s:
+        assert jobs.claim_job(session=s, job_id=job_id, worker_id="a:1")
+        jobs.get_job(session=s, job_id=job_id).heartbeat_at = utcnow() - timedelta(hours=1)
+    assert reap_once(sessionmaker=sm, celery=make_celery(settings), settings=settings) == (1, 0)
+    with sm.begin() as s:
+        assert jobs.claim_job(session=s, job_id=job_id, worker_id="b:2")
+    with sm.begin() as s:
+        assert not jobs.touch_job(session=s, job_id=job_id, worker_id="a:1")
+        jobs.update_progress(session=s, job_id=job_id, progress={"stage": "stale"}, worker_id="a:1")
+        assert not jobs.finish_job(session=s, job_id=job_id, status="succeeded", worker_id="a:1")
+        assert jobs.touch_job(session=s, job_id=job_id, worker_id="b:2")
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+        assert job.status == "running" and job.worker_id == "b:2" and job.progress["stage"] != "stale"
+
+
+def test_the_heartbeat_thread_keeps_a_long_step_alive_and_stops_with_the_job(pg):
+    import time
+    from datetime import timedelta
+
+    from app.db.base import utcnow
+    from worker.training import JobHeartbeat
+
+    settings, sm = pg
+    job_id = queue_job(settings, sm)
+    with sm.begin() as s:
+        assert jobs.claim_job(session=s, job_id=job_id, worker_id="w:1")
+        jobs.get_job(session=s, job_id=job_id).heartbeat_at = old = utcnow() - timedelta(hours=1)
+    with JobHeartbeat(sm, job_id, "w:1", interval_s=0.1):
+        time.sleep(0.5)  # a long export: no progress is written, the thread beats
+    with sm() as s:
+        assert jobs.get_job(session=s, job_id=job_id).heartbeat_at > old + timedelta(minutes=59)

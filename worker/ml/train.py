@@ -6,6 +6,7 @@ Reads top to bottom like nanoGPT's train.py: data, model, optimizer, loop, evalu
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import platform
 import random
@@ -22,6 +23,7 @@ from torch import nn
 
 from app.ml.tokenizer import PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
 from app.spec import AugmentSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
+from worker.ml.checkpoint import CheckpointStore
 from worker.ml.model import build_model
 
 # Least time between step-level on_progress / should_stop calls: the callbacks may touch the database.
@@ -394,6 +396,25 @@ def predict_proba(
 # loop
 
 
+def _rng_state(generator: torch.Generator, augment_rng: np.random.Generator, device: torch.device) -> dict:
+    """Every random stream the loop draws from: shuffling, dropout (torch's global CPU/CUDA state), augmentation.
+    numpy's bit-generator state holds 128-bit integers, so it travels as JSON text."""
+    state = {"shuffle": generator.get_state(), "torch": torch.get_rng_state(),
+             "augment": json.dumps(augment_rng.bit_generator.state)}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator, augment_rng: np.random.Generator,
+                   device: torch.device) -> None:
+    generator.set_state(state["shuffle"])
+    torch.set_rng_state(state["torch"])
+    augment_rng.bit_generator.state = json.loads(state["augment"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def train(
     spec: TrainingSpec,
     texts: Sequence[str],
@@ -403,13 +424,16 @@ def train(
     device: torch.device,
     on_progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    checkpoint: CheckpointStore | None = None,
 ) -> TrainResult:
     """Train spec.model on (texts, labels); return the best epoch's model by the selection metric.
 
     The selection metric is spec.early_stopping.metric, else validation macro-F1. Raises SpecDataMismatch when
-    the spec names something the data lacks, before any training.
+    the spec names something the data lacks, before any training. With a `checkpoint` store, the state is
+    saved after every epoch, and a run that finds a checkpoint there continues from it.
     """
     t0 = time.monotonic()
+    resumed = checkpoint.load() if checkpoint is not None else None
     random.seed(spec.seed)
     np.random.seed(spec.seed)
     torch.manual_seed(spec.seed)
@@ -427,7 +451,10 @@ def train(
     train_texts = [texts[i] for i in train_idx]
     # The vocabulary comes from the training split only, so validation words unseen in training map to [UNK]
     # exactly as they would at serving time.
-    encoder = TextEncoder(fit_tokenizer(train_texts, spec.tokenizer), spec.tokenizer.max_length)
+    if resumed is None:
+        encoder = TextEncoder(fit_tokenizer(train_texts, spec.tokenizer), spec.tokenizer.max_length)
+    else:  # the very vocabulary the checkpointed weights were trained with
+        encoder = TextEncoder.from_json(resumed["tokenizer"], spec.tokenizer.max_length)
     tr_ids, tr_mask = encoder.encode(train_texts)
     va_ids, va_mask = encoder.encode([texts[i] for i in val_idx])
     tr_len, va_len = tr_mask.sum(axis=1), va_mask.sum(axis=1)
@@ -472,6 +499,20 @@ def train(
     best_value, best_state, best_epoch, best, final = None, None, 0, {}, {}
     epochs_since_best, stopped_early = 0, False
     step = 0
+    first_epoch = 1
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.scheduler.load_state_dict(resumed["scheduler"])
+        _set_rng_state(resumed["rng"], generator, augment_rng, device)
+        history, step = list(resumed["history"]), int(resumed["step"])
+        best_value, best_state, best_epoch = resumed["best_value"], resumed["best_state"], int(resumed["best_epoch"])
+        best, final = dict(resumed["best"]), dict(resumed["final"])
+        epochs_since_best, stopped_early = int(resumed["epochs_since_best"]), bool(resumed["stopped_early"])
+        # A run that had already stopped (last epoch, step budget, early stopping) goes straight to the end.
+        first_epoch = spec.epochs + 1 if resumed["done"] else len(history) + 1
+        t0 -= float(resumed["elapsed_seconds"])
+    resumed_from_epoch = len(history) if resumed is not None else None
     last_progress = last_cancel_check = time.monotonic()
 
     def progress(epoch: int) -> None:
@@ -494,7 +535,7 @@ def train(
     for table in sparse:
         table.sparse = True
     try:
-        for epoch in range(1, spec.epochs + 1):
+        for epoch in range(first_epoch, spec.epochs + 1):
             epoch_start = time.monotonic()
             model.train()
             # Sum of per-batch losses kept on the device: reading it every step would sync the GPU every step.
@@ -560,13 +601,24 @@ def train(
                 best = dict(final)
             else:
                 epochs_since_best += 1
+            budget_spent = step >= total_steps
+            stopped_early = not budget_spent and stopping is not None and epochs_since_best > stopping.patience
+            done = budget_spent or stopped_early or epoch == spec.epochs
+            if checkpoint is not None:
+                # Saved before progress is reported, so the history the job shows is never ahead of what a
+                # resumed run would restore.
+                checkpoint.save({
+                    "tokenizer": encoder.to_json(), "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": schedule.scheduler.state_dict(),
+                    "rng": _rng_state(generator, augment_rng, device), "history": history, "step": step,
+                    "best_value": best_value, "best_state": best_state, "best_epoch": best_epoch, "best": best,
+                    "final": final, "epochs_since_best": epochs_since_best, "stopped_early": stopped_early,
+                    "done": done, "elapsed_seconds": time.monotonic() - t0,
+                })
             last_progress = time.monotonic()
             progress(epoch)
             check_stop()
-            if step >= total_steps:
-                break
-            if stopping is not None and epochs_since_best > stopping.patience:
-                stopped_early = True
+            if done:
                 break
     finally:
         for table in sparse:
@@ -580,7 +632,7 @@ def train(
         "best_epoch": best_epoch, "selection_metric": select, "stopped_early": stopped_early,
         "final_accuracy": final["accuracy"], "final_macro_f1": final["macro_f1"], "final_loss": final["loss"],
         "train_seconds": round(time.monotonic() - t0, 3),
-        "epochs_run": len(history), "steps": step,
+        "epochs_run": len(history), "steps": step, "resumed_from_epoch": resumed_from_epoch,
         "train_examples": len(train_idx), "val_examples": len(val_idx),
         "provenance": prov,
     }
