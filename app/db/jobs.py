@@ -150,6 +150,13 @@ def reap_stale_jobs(*, session: Session, stale_after_s: float,
     return requeued, failed
 
 
+def queued_jobs(*, session: Session) -> list[tuple[uuid.UUID, int | None]]:
+    """[(id, max_runtime_seconds)] of every queued job, oldest first (to send their messages again)."""
+    rows = session.execute(select(TrainingJob.id, TrainingJob.spec).where(TrainingJob.status == JobStatus.queued)
+                           .order_by(TrainingJob.created_at))
+    return [(job_id, spec.get("max_runtime_seconds")) for job_id, spec in rows]
+
+
 def get_status(*, session: Session, job_id: uuid.UUID) -> str | None:
     return session.scalar(select(TrainingJob.status).where(TrainingJob.id == job_id))
 
