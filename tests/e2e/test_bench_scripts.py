@@ -29,3 +29,13 @@ def test_gpu_check_runs_on_the_cpu_with_a_flag(tmp_path: Path):
     assert result["device"] == "cpu" and result["parity_argmax_agreement"] == 1.0
     assert result["test_accuracy"] > 0.5 and result["predict_batch256"]["p50_ms"] > 0
     assert report["job"]["job_status"] == "succeeded" and report["job"]["job_device"] == "cpu"
+
+
+def test_load_script_reports_requests_errors_and_memory(tmp_path: Path):
+    out = tmp_path / "load.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--connections", "4", "--seconds", "3",
+                          "--tool", "threads", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["requests"] > 0 and figures["socket_errors"] == 0 and figures["non_2xx"] == 0
+    assert figures["api_processes"] >= 2 and figures["api_rss_mib_before"] > 0
