@@ -6,26 +6,39 @@ created, printed once and written to DATA_DIR/admin.key (mode 0600).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.panel import Panel
-from rich.table import Table
 
 from app.config import Settings, get_settings
 from app.spec import Scope
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 console = Console(stderr=True)
 ADMIN_KEY_FILE = "admin.key"
 
 
-def _sessionmaker(settings: Settings):
+@contextlib.contextmanager
+def _session(settings: Settings) -> Iterator[Session]:
+    """One transaction on DATABASE_URL (committed if the block succeeds); the engine is closed afterwards."""
     from app.db.session import make_engine, make_sessionmaker
 
-    return make_sessionmaker(make_engine(settings.database_url))
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 @click.group("keys")
@@ -41,7 +54,7 @@ def create(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key and print its secret on stdout (shown this once: only its hash is stored)."""
     from app.db import api_keys
 
-    with _sessionmaker(get_settings()).begin() as session:
+    with _session(get_settings()) as session:
         key, secret = api_keys.create_key(session=session, name=name, scopes=list(scopes))
         console.print(f"created key [bold]{key.prefix}[/bold] id {key.id} scopes {','.join(key.scopes)}; "
                       "the secret below is not shown again")
@@ -53,14 +66,17 @@ def list_() -> None:
     """List keys (prefix, scopes, last use); secrets are never shown."""
     from app.db import api_keys
 
-    with _sessionmaker(get_settings())() as session:
+    with _session(get_settings()) as session:
         rows, _ = api_keys.list_keys(session=session)
-    table = Table("id", "name", "prefix", "scopes", "created", "last used", "revoked")
+    # Plain columns (name last, it varies most): readable, and greppable in scripts whatever the terminal width.
+    click.echo(f"{'ID':36}  {'PREFIX':11}  {'SCOPES':24}  {'CREATED':16}  {'LAST USED':16}  {'REVOKED':16}  NAME")
     for k in rows:
-        when = lambda t: t.strftime("%Y-%m-%d %H:%M") if t else "-"  # noqa: E731
-        table.add_row(str(k.id), k.name, k.prefix, ",".join(k.scopes), when(k.created_at), when(k.last_used_at),
-                      when(k.revoked_at))
-    Console().print(table)
+        click.echo(f"{k.id!s:36}  {k.prefix:11}  {','.join(k.scopes):24}  {_when(k.created_at):16}  "
+                   f"{_when(k.last_used_at):16}  {_when(k.revoked_at):16}  {k.name}")
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
 
 
 @keys.command("revoke")
@@ -69,7 +85,7 @@ def revoke(key_id: uuid.UUID) -> None:
     """Revoke a key by id: requests with it get 401 from now on."""
     from app.db import api_keys
 
-    with _sessionmaker(get_settings()).begin() as session:
+    with _session(get_settings()) as session:
         key = api_keys.revoke_key(session=session, key_id=key_id)
         if key is None:
             raise click.ClickException(f"no API key with id {key_id}")
@@ -81,7 +97,7 @@ def bootstrap_admin_key(settings: Settings) -> Path | None:
     (0600) and print it once. Returns the file's path, or None when keys already exist."""
     from app.db import api_keys
 
-    with _sessionmaker(settings).begin() as session:
+    with _session(settings) as session:
         if api_keys.count_keys(session=session):
             return None
         _key, secret = api_keys.create_key(session=session, name="bootstrap admin", scopes=[Scope.admin])

@@ -76,7 +76,9 @@ def child_env(settings: Settings) -> dict[str, str]:
                CELERY_BROKER_URL=settings.celery_broker_url, ARTIFACT_DIR=str(settings.artifact_dir),
                AUTH_REQUIRED=str(settings.auth_required).lower(),
                RATE_LIMIT_ENABLED=str(settings.rate_limit_enabled).lower(),
-               RATE_LIMIT_STORAGE_URL=settings.rate_limit_storage_url, PYTHONUNBUFFERED="1")
+               RATE_LIMIT_STORAGE_URL=settings.rate_limit_storage_url, RATE_LIMIT_DEFAULT=settings.rate_limit_default,
+               RATE_LIMIT_PREDICT=settings.rate_limit_predict, RATE_LIMIT_TRAIN=settings.rate_limit_train,
+               PYTHONUNBUFFERED="1")
     return env
 
 
