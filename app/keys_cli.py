@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from app.config import Settings, get_settings
@@ -89,7 +90,7 @@ def revoke(key_id: uuid.UUID) -> None:
         key = api_keys.revoke_key(session=session, key_id=key_id)
         if key is None:
             raise click.ClickException(f"no API key with id {key_id}")
-        console.print(f"revoked key {key.prefix} ({key.name})")
+        console.print(f"revoked key {key.prefix} ({escape(key.name)})")
 
 
 def bootstrap_admin_key(settings: Settings) -> Path | None:

@@ -278,6 +278,14 @@ def test_redis_storage_shares_the_count_between_api_processes(tmp_path: Path, re
         assert statuses == [200, 200, 200, 429]
 
 
+def test_unreachable_redis_falls_back_to_counting_in_memory(tmp_path: Path):
+    """Rate limiting must not take the API down with it: no 5xx, and the limit still holds per process."""
+    settings = sqlite_settings(tmp_path, RATE_LIMIT_ENABLED=True, RATE_LIMIT_DEFAULT="2 per minute",
+                               RATE_LIMIT_STORAGE_URL="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    with running_api(settings) as (api, _):
+        assert [api.get("/v1/jobs").status_code for _ in range(3)] == [200, 200, 429]
+
+
 def test_rate_limit_settings_are_checked_at_start(tmp_path: Path):
     with pytest.raises(ValueError, match="not a rate limit"):
         make_settings(tmp_path, RATE_LIMIT_TRAIN="lots")

@@ -78,3 +78,22 @@ def test_every_v1_route_has_a_declared_scope_and_every_declared_route_exists(tmp
     # Everything outside /v1 is either public or listed too.
     others = sorted(r for r in routes - v1 if not is_public(r[1]) and r not in ROUTE_SCOPES)
     assert not others, f"routes outside /v1 that are neither public nor in ROUTE_SCOPES: {others}"
+
+
+def test_openapi_documents_the_bearer_scheme_and_the_auth_errors():
+    from app.openapi import build_openapi
+
+    doc = build_openapi()
+    assert doc["components"]["securitySchemes"]["bearer"] == {**doc["components"]["securitySchemes"]["bearer"],
+                                                              "type": "http", "scheme": "bearer"}
+    assert doc["security"] == [{"bearer": []}]
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            if is_public(path):
+                assert operation["security"] == [], path
+            else:
+                assert {"401", "403", "429"} <= set(operation["responses"]), (method, path)
+                rule = path.replace("{", "<").replace("}", ">")
+                assert (method.upper(), rule) in ROUTE_SCOPES, (method, path)
