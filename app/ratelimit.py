@@ -8,7 +8,6 @@ default), redis://... shares them across processes and hosts (production).
 
 from __future__ import annotations
 
-import logging
 import time
 
 from flask import Flask, g, jsonify, request
@@ -20,8 +19,6 @@ from app.config import Settings
 from app.errors import ErrorCode, error_body
 from app.extensions import state
 from app.spec import Scope
-
-log = logging.getLogger(__name__)
 
 
 def bucket() -> str:
