@@ -19,8 +19,8 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
 
     from flask import Flask
 
-    from app import errors_http, extensions, middleware
-    from app.api import datasets, health, jobs, models, openapi
+    from app import auth, errors_http, extensions, middleware, ratelimit
+    from app.api import datasets, health, jobs, keys, models, openapi
     from app.config import get_settings
 
     settings = settings or get_settings()
@@ -32,6 +32,8 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     extensions.init_app(app, settings, session_factory=session_factory)
     errors_http.init_app(app)
     middleware.init_app(app)
-    for module in (health, datasets, jobs, models, openapi):
+    auth.init_app(app, settings)  # before the rate limiter: limits count per authenticated key
+    ratelimit.init_app(app, settings)
+    for module in (health, datasets, jobs, models, keys, openapi):
         app.register_blueprint(module.bp)
     return app

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from app.config import get_settings
+from app.keys_cli import bootstrap_admin_key, keys, warn_auth_off
 
 console = Console(stderr=True)
 
@@ -21,6 +22,9 @@ console = Console(stderr=True)
 @click.version_option(package_name="textclf")
 def main() -> None:
     """textclf: train text classifiers on demand and serve them."""
+
+
+main.add_command(keys)
 
 
 @main.command()
@@ -86,9 +90,14 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.artifact_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
+    if settings.auth_required:
+        bootstrap_admin_key(settings)
+    else:
+        warn_auth_off()
     database = "SQLite at " + settings.database_url.removeprefix("sqlite:///") if settings.is_sqlite else "PostgreSQL"
     console.print(f"[bold]textclf[/bold] on http://{host}:{port}  database: {database}  "
-                  f"broker: {settings.celery_broker_url.split('://')[0]}  artifacts: {settings.artifact_dir}")
+                  f"broker: {settings.celery_broker_url.split('://')[0]}  artifacts: {settings.artifact_dir}  "
+                  f"auth: {'API keys' if settings.auth_required else '[red]OFF[/red]'}")
     # Children read the same settings from the environment; pin the resolved paths so a different cwd agrees.
     env = {**os.environ, "TEXTCLF_DATA_DIR": str(settings.data_dir), "DATABASE_URL": settings.database_url,
            "CELERY_BROKER_URL": settings.celery_broker_url, "ARTIFACT_DIR": str(settings.artifact_dir)}

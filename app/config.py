@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +66,26 @@ class Settings(BaseSettings):
                             description="Most distinct labels one dataset may have.")
     max_predict_texts: int = Field(1_000, ge=1, validation_alias="MAX_PREDICT_TEXTS",
                                    description="Most texts in one prediction request.")
+    max_epochs: int = Field(200, ge=1, le=200, validation_alias="MAX_EPOCHS",
+                            description="Most epochs one job may ask for (422 above it).")
+    # A float32 parameter is 4 bytes: 100 M parameters is a 400 MB model, far above anything the presets make.
+    max_model_params: int = Field(100_000_000, ge=10_000, validation_alias="MAX_MODEL_PARAMS",
+                                  description="Largest model, in parameters estimated from the spec, a job may train.")
+    auth_required: bool = Field(
+        True, validation_alias="AUTH_REQUIRED",
+        description="Every endpoint but the health probes, the documents and the dashboard shell needs an API key; "
+                    "false serves everyone (printed loudly at start).")
+    rate_limit_enabled: bool = Field(True, validation_alias="RATE_LIMIT_ENABLED",
+                                     description="Per-key rate limits (RATE_LIMIT_*); false turns them off.")
+    rate_limit_storage_url: str = Field(
+        "memory://", validation_alias="RATE_LIMIT_STORAGE_URL",
+        description="Where rate-limit counters live: memory:// counts per API process; redis://... shares them.")
+    rate_limit_default: str = Field("1200 per minute", validation_alias="RATE_LIMIT_DEFAULT",
+                                    description="Per key: reads and admin requests (one shared budget).")
+    rate_limit_predict: str = Field("6000 per minute", validation_alias="RATE_LIMIT_PREDICT",
+                                    description="Per key: prediction requests.")
+    rate_limit_train: str = Field("60 per minute", validation_alias="RATE_LIMIT_TRAIN",
+                                  description="Per key: uploads, deletes, new jobs and cancels.")
     model_cache_size: int = Field(
         8, ge=1, validation_alias="MODEL_CACHE_SIZE",
         description="onnxruntime sessions kept per API process (least recently used evicted).",
@@ -77,6 +97,18 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, validation_alias="API_WORKERS",
                              description="gunicorn workers started by `textclf serve`.")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL", description="Python logging level.")
+
+    @field_validator("rate_limit_default", "rate_limit_predict", "rate_limit_train")
+    @classmethod
+    def _parse_rate_limit(cls, value: str) -> str:
+        # Checked here so a typo stops the service at start instead of failing every request.
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(f"not a rate limit: {value!r} (e.g. '60 per minute' or '10/second;1000/day')") from None
+        return value
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -8,11 +8,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from app import __version__
-from app.spec import (ALIAS_PATTERN, AliasRead, AliasSet, DatasetCreate, DatasetRead, EvaluationRead, JobRead,
-                      ModelRead, PredictRequest, PredictResponse, TrainingSpec)
+from app.auth import is_public
+from app.spec import (ALIAS_PATTERN, AliasRead, AliasSet, ApiKeyCreate, ApiKeyCreated, ApiKeyRead, DatasetCreate,
+                      DatasetRead, EvaluationRead, JobRead, ModelRead, PredictRequest, PredictResponse, TrainingSpec)
 
 _MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, PredictRequest,
-                                  PredictResponse, AliasSet, AliasRead, EvaluationRead]
+                                  PredictResponse, AliasSet, AliasRead, EvaluationRead, ApiKeyCreate, ApiKeyRead,
+                                  ApiKeyCreated]
 REF = "#/components/schemas/{model}"
 
 _ERROR = {
@@ -61,6 +63,18 @@ def component_schemas() -> dict[str, Any]:
     schemas = dict(top.get("$defs", {}))
     schemas["Error"] = _ERROR
     return schemas
+
+
+def _add_security(paths: dict[str, Any]) -> None:
+    """Public paths need no key; every other operation may answer 401, 403 and 429."""
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            if is_public(path):
+                operation["security"] = []
+            else:
+                operation["responses"].update(_errors(401, 403, 429))
 
 
 def build_openapi() -> dict[str, Any]:
@@ -135,11 +149,26 @@ def build_openapi() -> dict[str, Any]:
             "delete": {"summary": "Remove an alias", "responses": {"204": {"description": "Removed"},
                                                                    **_errors(404, 422)}},
         },
+        "/v1/keys": {
+            "post": {"summary": "Create an API key (admin); its secret is in this reply only",
+                     "requestBody": {"required": True, **_json(_ref("ApiKeyCreate"))},
+                     "responses": {"201": {"description": "Created", **_json(_ref("ApiKeyCreated"))},
+                                   **_errors(400, 415, 422)}},
+            "get": {"summary": "List API keys (admin); secrets are never shown", "parameters": _PAGING,
+                    "responses": {"200": {"description": "A page", **_json(_page("ApiKeyRead"))}, **_errors(422)}},
+        },
+        "/v1/keys/{key_id}": {"parameters": [_path_id("key_id")], "delete": {
+            "summary": "Revoke an API key (admin)",
+            "responses": {"204": {"description": "Revoked"}, **_errors(404)}}},
     }
+    _add_security(paths)
     return {
         "openapi": "3.1.0",
+        "security": [{"bearer": []}],
         "info": {"title": "textclf", "version": __version__,
                  "description": "Train text classifiers on demand and serve them."},
         "paths": paths,
-        "components": {"schemas": component_schemas()},
+        "components": {"schemas": component_schemas(), "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key (`textclf keys create`); scopes: read, train, predict, admin."}}},
     }

@@ -435,3 +435,35 @@ class Page(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+# ---------------------------------------------------------------------------------------------------------
+# API keys
+
+
+class Scope(StrEnum):
+    """What a key may do. admin may do everything; the others are independent (give a key several)."""
+
+    read = "read"
+    train = "train"
+    predict = "predict"
+    admin = "admin"
+
+
+class ApiKeyCreate(_Strict):
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN, description="Who or what uses the key.")
+    scopes: list[Scope] = Field(min_length=1, max_length=4, description="read, train, predict and/or admin.")
+
+
+class ApiKeyRead(_Read):
+    id: UUID
+    name: str
+    prefix: str = Field(description="The key's first characters, to recognise it; the secret is never shown again.")
+    scopes: list[Scope]
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="Updated at most once a minute.")
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyRead):
+    key: str = Field(description="The secret: send it as `Authorization: Bearer <key>`. Shown only in this reply.")

@@ -44,7 +44,7 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
         try:
             if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return proc, base
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting to answer
             pass
         time.sleep(0.3)
     raise SystemExit("textclf serve did not become ready; see serve.log")
@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TEXTCLF_BENCH_DATA", DEFAULT_DATA)))
     parser.add_argument("--url", help="a running service; default starts one")
     parser.add_argument("--spec", default="{}", help="extra spec fields as JSON (default: the default spec)")
+    parser.add_argument("--key", default=os.environ.get("TEXTCLF_API_KEY"),
+                        help="API key for --url (default $TEXTCLF_API_KEY); a started service's admin.key otherwise")
     args = parser.parse_args()
 
     folder = args.data_dir / args.dataset
@@ -65,19 +67,23 @@ def main() -> None:
     base = args.url
     if base is None:
         proc, base = start_server(Path(tmp.name))
+        args.key = (Path(tmp.name) / "admin.key").read_text().strip()  # made by serve's first start
+    http = requests.Session()
+    if args.key:
+        http.headers["Authorization"] = f"Bearer {args.key}"
     try:
         with train_path.open("rb") as f:
-            up = requests.post(f"{base}/v1/datasets", files={"file": (train_path.name, f)},
-                               data={"name": f"{args.dataset}-train"}, timeout=300)
+            up = http.post(f"{base}/v1/datasets", files={"file": (train_path.name, f)},
+                           data={"name": f"{args.dataset}-train"}, timeout=300)
         up.raise_for_status()
         dataset = up.json()
         t0 = time.perf_counter()
-        job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset["id"], **json.loads(args.spec)},
-                            timeout=30)
+        job = http.post(f"{base}/v1/jobs", json={"dataset_id": dataset["id"], **json.loads(args.spec)},
+                        timeout=30)
         job.raise_for_status()
         job_id = job.json()["id"]
         while True:
-            job = requests.get(f"{base}/v1/jobs/{job_id}", timeout=30).json()
+            job = http.get(f"{base}/v1/jobs/{job_id}", timeout=30).json()
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 break
             time.sleep(0.25)
@@ -89,8 +95,8 @@ def main() -> None:
         t1 = time.perf_counter()
         predicted: list[str] = []
         for i in range(0, len(texts), 500):
-            r = requests.post(f"{base}/v1/models/{job['model_id']}/predict", json={"texts": texts[i:i + 500]},
-                              timeout=120)
+            r = http.post(f"{base}/v1/models/{job['model_id']}/predict", json={"texts": texts[i:i + 500]},
+                          timeout=120)
             r.raise_for_status()
             predicted += [p["label"] for p in r.json()["predictions"]]
         predict_s = time.perf_counter() - t1

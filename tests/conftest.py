@@ -22,7 +22,9 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:
-    return Settings(TEXTCLF_DATA_DIR=tmp_path / "data", **overrides)
+    """Settings in tmp_path. API keys and rate limits are off unless a test turns them on (the auth tests do)."""
+    return Settings(**{"TEXTCLF_DATA_DIR": tmp_path / "data", "AUTH_REQUIRED": False, "RATE_LIMIT_ENABLED": False,
+                       **overrides})
 
 
 @pytest.fixture
@@ -72,6 +74,10 @@ def child_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")}
     env.update(TEXTCLF_DATA_DIR=str(settings.data_dir), DATABASE_URL=settings.database_url,
                CELERY_BROKER_URL=settings.celery_broker_url, ARTIFACT_DIR=str(settings.artifact_dir),
+               AUTH_REQUIRED=str(settings.auth_required).lower(),
+               RATE_LIMIT_ENABLED=str(settings.rate_limit_enabled).lower(),
+               RATE_LIMIT_STORAGE_URL=settings.rate_limit_storage_url, RATE_LIMIT_DEFAULT=settings.rate_limit_default,
+               RATE_LIMIT_PREDICT=settings.rate_limit_predict, RATE_LIMIT_TRAIN=settings.rate_limit_train,
                PYTHONUNBUFFERED="1")
     return env
 
@@ -163,9 +169,10 @@ def tiny_dataset_csv() -> bytes:
 # the embedded service as a process (e2e tests)
 
 
-def start_serve(tmp_path: Path, processes: Processes, **env: str) -> tuple[str, subprocess.Popen, Settings]:
+def start_serve(tmp_path: Path, processes: Processes, settings: Settings | None = None,
+                **env: str) -> tuple[str, subprocess.Popen, Settings]:
     """`textclf serve` on a free port with its own data folder, ready; returns (base URL, process, settings)."""
-    settings = make_settings(tmp_path)
+    settings = settings or make_settings(tmp_path)
     port = free_port()
     serve = processes.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
                             {**child_env(settings), **env})

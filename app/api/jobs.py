@@ -10,10 +10,12 @@ from sqlalchemy.exc import IntegrityError
 
 from app.api import idempotency
 from app.api.common import json_body, page_args, parse, parse_uuid
+from app.config import Settings
 from app.db import datasets, jobs
 from app.db.models import IdempotencyKey, TrainingJob
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
+from app.model_size import spec_params
 from app.spec import JobRead, JobStatus, TrainingSpec
 from app.tasks import TRAIN_TASK
 
@@ -38,13 +40,9 @@ def create_job():
         if dataset_id is not None and datasets.get_dataset(session=session, dataset_id=dataset_id) is None:
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
                                [{"loc": [field], "msg": "dataset not found", "type": "not_found"}])
-    _check_class_weights(spec, datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels)
-    ceiling = state().settings.job_max_runtime_seconds
-    if spec.max_runtime_seconds is not None and spec.max_runtime_seconds > ceiling:
-        raise ServiceError(ErrorCode.validation_error,
-                           f"max_runtime_seconds may be at most {ceiling} on this server (JOB_MAX_RUNTIME_SECONDS).",
-                           422, [{"loc": ["max_runtime_seconds"], "msg": f"must be <= {ceiling}",
-                                  "type": "less_than_equal"}])
+    labels = datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels
+    _check_class_weights(spec, labels)
+    _check_ceilings(spec, num_classes=len(labels), settings=state().settings)
     job = jobs.create_job(session=session, spec=spec)
     body, location = job_json(job), f"/v1/jobs/{job.id}"
     idempotency.remember(session, "jobs", key, request_hash, body, 202, location)
@@ -69,6 +67,31 @@ def create_job():
                            503) from None
     log.info("job %s queued on dataset %s", job.id, spec.dataset_id)
     return body, 202, {"Location": location}
+
+
+def _over_ceiling(field: str, message: str, ceiling: int) -> ServiceError:
+    return ServiceError(ErrorCode.validation_error, message, 422,
+                        [{"loc": [field], "msg": f"must be <= {ceiling}", "type": "less_than_equal"}])
+
+
+def _check_ceilings(spec: TrainingSpec, *, num_classes: int, settings: Settings) -> None:
+    """The server's limits on one job: run time, epochs and model size (422 naming the setting)."""
+    if spec.max_runtime_seconds is not None and spec.max_runtime_seconds > settings.job_max_runtime_seconds:
+        raise _over_ceiling("max_runtime_seconds", "max_runtime_seconds may be at most "
+                            f"{settings.job_max_runtime_seconds} on this server (JOB_MAX_RUNTIME_SECONDS).",
+                            settings.job_max_runtime_seconds)
+    if spec.epochs > settings.max_epochs:
+        raise _over_ceiling("epochs", f"epochs may be at most {settings.max_epochs} on this server (MAX_EPOCHS).",
+                            settings.max_epochs)
+    params = spec_params(spec, num_classes=num_classes)
+    if params > settings.max_model_params:
+        raise ServiceError(
+            ErrorCode.validation_error,
+            f"This model would have up to {params:,} parameters; this server allows {settings.max_model_params:,} "
+            "(MAX_MODEL_PARAMS). Lower tokenizer.vocab_size, model.embedding_dim, model.ngram_buckets or the "
+            "model's width.", 422,
+            [{"loc": ["model"], "msg": f"{params} parameters > {settings.max_model_params}",
+              "type": "less_than_equal"}])
 
 
 def _check_class_weights(spec: TrainingSpec, dataset_labels: dict[str, int]) -> None:

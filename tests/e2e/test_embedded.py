@@ -67,6 +67,9 @@ def test_textclf_serve_trains_and_predicts(tmp_path: Path, processes):
     base, serve, settings = start_serve(tmp_path, processes)
     run_story(base)
     assert (settings.data_dir / "textclf.db").exists()
+    # The tests run with keys off (tests/conftest.py), which serve must say loudly.
+    assert "WARNING: no authentication" in processes.log("serve")
+    assert not (settings.data_dir / "admin.key").exists()
 
     # The worker is supervised: kill it outright and the next job still trains.
     first = worker_pid(serve.pid)

@@ -38,6 +38,8 @@ ENVIRONMENT = {
     "CELERY_BROKER_URL": "redis://redis:6379/0",
     "ARTIFACT_DIR": ARTIFACT_DIR,
     "TEXTCLF_DATA_DIR": "/var/lib/textclf",
+    "AUTH_REQUIRED": "true",
+    "RATE_LIMIT_STORAGE_URL": "redis://redis:6379/1",
 }
 
 
