@@ -134,7 +134,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     # Rate limits are for strangers; a load test measures the service itself.
     env = {**os.environ, "TEXTCLF_DATA_DIR": str(folder / "data"), "PYTHONUNBUFFERED": "1",
-           "RATE_LIMIT_ENABLED": "false", "AUTH": "off"}
+           "RATE_LIMIT_ENABLED": "false", "AUTH_REQUIRED": "false"}
     for key in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR"):
         env.pop(key, None)
     with open(folder / "serve.log", "wb") as log:

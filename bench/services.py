@@ -146,7 +146,9 @@ class Stack:
                                  CELERY_BROKER_URL=broker_url)
         self.env = {**{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")},
                     "TEXTCLF_DATA_DIR": str(data_dir), "DATABASE_URL": database_url,
-                    "CELERY_BROKER_URL": broker_url, "PYTHONUNBUFFERED": "1", **env}
+                    "CELERY_BROKER_URL": broker_url, "PYTHONUNBUFFERED": "1",
+                    # Faults, not strangers, are under test here: no keys, no rate limits (unless a caller asks).
+                    "AUTH_REQUIRED": "false", "RATE_LIMIT_ENABLED": "false", **env}
         self.commands = {
             "api": api_command(self.settings, "127.0.0.1", self.port),
             "worker": worker_command(self.settings),
