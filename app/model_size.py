@@ -38,7 +38,9 @@ def estimate_params(model: ModelSpec, *, vocab_size: int, num_classes: int) -> i
     else:
         raise ValueError(f"unknown model {model.name!r}")
     norm = 2 * features if model.batch_norm else 0  # BatchNorm1d: weight and bias (running stats are buffers)
-    return body + norm + _linear(features, num_classes)
+    # The wide branch: per-class weights for every word and every bigram bucket (fasttext has no such branch).
+    wide = (vocab_size + model.ngram_buckets) * num_classes if model.wide and model.name != "fasttext" else 0
+    return body + norm + wide + _linear(features, num_classes)
 
 
 def spec_params(spec: TrainingSpec, *, num_classes: int) -> int:

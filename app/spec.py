@@ -48,7 +48,7 @@ class ModelSpec(_Strict):
         (3, 4, 5), min_length=1, max_length=8, description="textcnn: convolution widths in tokens.")
     num_filters: int = Field(100, ge=1, le=1_024, description="textcnn: feature maps per width.")
     ngram_buckets: int = Field(
-        20_000, ge=1_000, le=10_000_000, description="fasttext: hash buckets for word bigrams.")
+        20_000, ge=1_000, le=10_000_000, description="fasttext and the wide branch: hash buckets for word bigrams.")
     hidden_size: int = Field(128, ge=8, le=1_024, description="bigru: GRU units per direction.")
     num_layers: int = Field(1, ge=1, le=4, description="bigru: stacked bidirectional GRU layers.")
     pooling: Literal["attention", "max", "mean"] = Field(
@@ -59,11 +59,16 @@ class ModelSpec(_Strict):
     max_norm: float | None = Field(
         None, gt=0.0, le=100.0, description="Rescale each output-layer weight row to at most this L2 norm after "
                                             "every optimizer step (Kim 2014 used 3.0 for textcnn); null disables.")
+    wide: bool = Field(
+        False, description="textcnn, bigru: add a linear branch over the text's words and hashed word bigrams to the "
+                           "network's logits (wide & deep: what TF-IDF + logistic regression learns, beside it).")
 
     @model_validator(mode="after")
     def _check_filters(self) -> ModelSpec:
         if any(not 1 <= w <= 16 for w in self.filter_sizes):
             raise ValueError("filter_sizes must each be between 1 and 16")
+        if self.wide and self.name == "fasttext":
+            raise ValueError("wide applies to textcnn and bigru; fasttext already is a model of words and bigrams")
         return self
 
 

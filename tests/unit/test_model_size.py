@@ -21,6 +21,8 @@ MODELS = [
     {"name": "bigru"},
     {"name": "bigru", "num_layers": 3, "hidden_size": 20, "embedding_dim": 12, "pooling": "max", "batch_norm": True},
     {"name": "bigru", "num_layers": 2, "hidden_size": 9, "pooling": "mean"},
+    {"name": "textcnn", "wide": True, "ngram_buckets": 5_000},
+    {"name": "bigru", "wide": True},
 ]
 
 

@@ -123,6 +123,8 @@ def test_train_export_parity(tmp_path, model, optimizer, scheduler, batch_norm):
          {"tokenizer": {"kind": "bpe", "vocab_size": 100, "max_length": 32}, "class_weights": "balanced"}),
         ({"name": "fasttext"}, "sgd", {"name": "exponential", "gamma": 0.5},
          {"augment": {"deletion": 0.1, "swap": 0.1, "mask": 0.1}, "early_stopping": {"metric": "val_loss"}}),
+        ({"name": "textcnn", "wide": True}, "adam", {"name": "cosine"}, {}),
+        ({"name": "bigru", "wide": True, "ngram_buckets": 1_000}, "adagrad", {"name": "constant"}, {}),
     ],
 )
 def test_new_options_train_export_parity(tmp_path, model, optimizer, scheduler, extra):

@@ -36,6 +36,33 @@ def _init_embedding(embedding: nn.Embedding, bound: float) -> None:
             embedding.weight[embedding.padding_idx].zero_()
 
 
+def _bigram_ids(input_ids: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Hashed word-bigram ids [B, T-1], computed in the graph so the exported model hashes them itself."""
+    return (input_ids[:, :-1] * BIGRAM_PRIME + input_ids[:, 1:]) % buckets
+
+
+class WideNgrams(nn.Module):
+    """Per-class weights for every word and hashed word bigram, summed over the text and divided by the square
+    root of the n-gram count: a linear model on L2-normalised binary n-gram features (TF-IDF + logistic
+    regression's view of a text), whose logits are added to a network's. Zero-initialised, so training starts
+    from the network alone."""
+
+    def __init__(self, vocab_size: int, buckets: int, num_classes: int) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.words = nn.Embedding(vocab_size, num_classes, padding_idx=PAD_ID)
+        self.bigrams = nn.Embedding(buckets, num_classes)
+        nn.init.zeros_(self.words.weight)
+        nn.init.zeros_(self.bigrams.weight)
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        bigram_mask = mask[:, :-1] * mask[:, 1:]
+        total = (self.words(input_ids) * mask.unsqueeze(-1)).sum(dim=1)
+        total = total + (self.bigrams(_bigram_ids(input_ids, self.buckets)) * bigram_mask.unsqueeze(-1)).sum(dim=1)
+        count = (mask.sum(dim=1) + bigram_mask.sum(dim=1)).clamp(min=1.0)
+        return total / count.sqrt().unsqueeze(-1)
+
+
 class TextCNN(nn.Module):
     """Kim (2014): one convolution per width over word embeddings, ReLU, max over time, dropout, linear."""
 
@@ -50,10 +77,15 @@ class TextCNN(nn.Module):
         self.norm = nn.BatchNorm1d(features) if spec.batch_norm else nn.Identity()
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(features, num_classes)
+        self.wide = WideNgrams(vocab_size, spec.ngram_buckets, num_classes) if spec.wide else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] for right-padded input_ids and attention_mask [B, T]."""
         mask = attention_mask.to(torch.float32)
+        logits = self._deep(input_ids, attention_mask, mask)
+        return logits if self.wide is None else logits + self.wide(input_ids, mask)
+
+    def _deep(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.embedding(input_ids) * mask.unsqueeze(-1)  # zero padded positions whatever their id
         x = x.transpose(1, 2)  # [B, D, T]: Conv1d convolves over the last axis
         # Append max_width - 1 zero columns so every width has >= 1 output position even for T=1 inputs:
@@ -93,7 +125,7 @@ class FastText(nn.Module):
         """Logits [B, C] for right-padded input_ids and attention_mask [B, T]."""
         mask = attention_mask.to(torch.float32)
         # Hash inside forward (not in the tokenizer) so the exported graph computes bigrams itself.
-        bigram_ids = (input_ids[:, :-1] * BIGRAM_PRIME + input_ids[:, 1:]) % self.buckets  # [B, T-1]
+        bigram_ids = _bigram_ids(input_ids, self.buckets)  # [B, T-1]
         bigram_mask = mask[:, :-1] * mask[:, 1:]  # a bigram is real only if both of its words are
         total = (self.embedding(input_ids) * mask.unsqueeze(-1)).sum(dim=1)
         total = total + (self.bigrams(bigram_ids) * bigram_mask.unsqueeze(-1)).sum(dim=1)
@@ -139,9 +171,16 @@ class BiGRU(nn.Module):
         self.norm = nn.BatchNorm1d(features) if spec.batch_norm else nn.Identity()
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(features, num_classes)
+        self.wide = WideNgrams(vocab_size, spec.ngram_buckets, num_classes) if spec.wide else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] for right-padded input_ids and attention_mask [B, T]."""
+        logits = self._deep(input_ids, attention_mask)
+        if self.wide is None:
+            return logits
+        return logits + self.wide(input_ids, attention_mask.to(torch.float32))
+
+    def _deep(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         valid = attention_mask.unsqueeze(-1).to(torch.float32)  # [B, T, 1]
         lengths = attention_mask.sum(dim=1, keepdim=True)  # [B, 1]
         positions = torch.arange(input_ids.size(1), device=input_ids.device).unsqueeze(0)  # [1, T]
