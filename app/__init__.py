@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
 
     from flask import Flask
 
-    from app import errors_http, extensions, middleware
+    from app import errors_http, extensions, middleware, web
     from app.api import datasets, health, jobs, models, openapi
     from app.config import get_settings
 
@@ -32,6 +32,6 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     extensions.init_app(app, settings, session_factory=session_factory)
     errors_http.init_app(app)
     middleware.init_app(app)
-    for module in (health, datasets, jobs, models, openapi):
+    for module in (health, datasets, jobs, models, openapi, web):
         app.register_blueprint(module.bp)
     return app
