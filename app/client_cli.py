@@ -287,7 +287,7 @@ def show_job(job: dict) -> None:
                       title="history", title_justify="left")
         for r in job["history"]:
             table.add_row(str(r["epoch"]), fmt(r["train_loss"], 4), fmt(r.get("train_accuracy")), fmt(r["val_loss"], 4),
-                          fmt(r["val_accuracy"]), fmt(r["val_macro_f1"]), f"{r['lr']:.2e}", f"{r['seconds']:.1f}")
+                          fmt(r["val_accuracy"]), fmt(r["val_macro_f1"]), f"{r['lr']:.1e}", f"{r['seconds']:.1f}")
         out.print(table)
 
 

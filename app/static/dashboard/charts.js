@@ -90,22 +90,24 @@ export function heatmap(labels, matrix) {
   const showLabels = cell >= 12;
   const showCounts = cell >= 24;
   const longest = Math.max(...labels.map((l) => String(l).length));
-  const margin = showLabels ? Math.min(150, 12 + 7 * longest) : 24;
-  const size = margin + n * cell + 8;
+  const labelRoom = showLabels ? Math.min(150, 12 + 7 * longest) : 8;
+  const x0 = 18 + labelRoom, y0 = 18 + labelRoom;  // cells start after an axis title band and the labels
+  const size = x0 + n * cell + 8;
   const root = s("svg", { class: "heatmap", viewBox: `0 0 ${size} ${size}`, width: size, height: size,
                           role: "img", "aria-label": "confusion matrix" });
-  root.append(s("text", { class: "axis-title", x: margin + (n * cell) / 2, y: 10, "text-anchor": "middle" },
-                "predicted →"),
-              s("text", { class: "axis-title", x: 10, y: margin + (n * cell) / 2, "text-anchor": "middle",
-                          transform: `rotate(-90 10 ${margin + (n * cell) / 2})` }, "true →"));
+  root.append(s("text", { class: "axis-title", x: x0 + (n * cell) / 2, y: 12, "text-anchor": "middle" },
+                "predicted label"),
+              s("text", { class: "axis-title", x: 12, y: y0 + (n * cell) / 2, "text-anchor": "middle",
+                          transform: `rotate(-90 12 ${y0 + (n * cell) / 2})` }, "true label"));
   matrix.forEach((row, i) => {
     const total = row.reduce((a, b) => a + b, 0) || 1;
     row.forEach((count, j) => {
       const share = count / total;
-      const x = margin + j * cell, y = margin + i * cell;
+      const x = x0 + j * cell, y = y0 + i * cell;
       root.append(s("rect", { class: i === j ? "cell diag" : "cell", x, y, width: cell - 1, height: cell - 1,
                               fill: shade(share), "data-count": count },
-                    s("title", {}, `true ${labels[i]} → predicted ${labels[j]}: ${count} (${(100 * share).toFixed(1)} % of the row)`)));
+                    s("title", {}, `true ${labels[i]} → predicted ${labels[j]}: ${count} ` +
+                                   `(${(100 * share).toFixed(1)} % of the row)`)));
       if (showCounts && count) {
         root.append(s("text", { class: share > 0.5 ? "count light" : "count", x: x + cell / 2, y: y + cell / 2 + 4,
                                 "text-anchor": "middle" }, count));
@@ -114,11 +116,13 @@ export function heatmap(labels, matrix) {
   });
   if (showLabels) {
     labels.forEach((label, i) => {
-      const mid = margin + i * cell + cell / 2;
-      root.append(s("text", { class: "label", x: margin - 4, y: mid + 4, "text-anchor": "end" }, label),
-                  s("text", { class: "label", x: mid, y: margin - 4, "text-anchor": "start",
-                              transform: `rotate(-60 ${mid} ${margin - 4})` }, label));
+      root.append(s("text", { class: "label", x: x0 - 4, y: y0 + i * cell + cell / 2 + 4, "text-anchor": "end" },
+                    label));
+      const mid = x0 + i * cell + cell / 2;
+      root.append(s("text", { class: "label", x: mid, y: y0 - 4, "text-anchor": "start",
+                              transform: `rotate(-60 ${mid} ${y0 - 4})` }, label));
     });
   }
-  return h("figure", { class: "heatmap-box" }, h("figcaption", {}, "Confusion matrix (rows: true label; shade: share of the row)"), root);
+  return h("figure", { class: "heatmap-box" },
+           h("figcaption", {}, "Confusion matrix (shade: share of the true label's row)"), root);
 }
