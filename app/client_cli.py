@@ -157,7 +157,8 @@ def datasets_upload(file: Path, name: str | None, text_column: str, label_column
     if as_json:
         return print_json(dataset)
     labels = ", ".join(f"{label} {count}" for label, count in list(dataset["labels"].items())[:10])
-    show_fields("dataset stored", [("id", dataset["id"]), ("name", escape(dataset["name"])), ("rows", dataset["row_count"]),
+    show_fields("dataset stored", [("id", dataset["id"]), ("name", escape(dataset["name"])),
+                                   ("rows", dataset["row_count"]),
                                    ("labels", f"{len(dataset['labels'])}: {escape(labels)}")])
     for warning in dataset.get("warnings", []):
         err.print(f"[yellow]warning:[/yellow] {escape(str(warning.get('message', warning)))}")
@@ -273,10 +274,12 @@ def show_job(job: dict) -> None:
     p, metrics = job["progress"], job.get("metrics") or {}
     fields = [("id", job["id"]), ("status", status_text(job["status"])), ("stage", p["stage"]),
               ("progress", f"{p['percent']:.1f}%  epoch {p['epoch']}/{p['total_epochs']}"),
-              ("dataset", job["dataset_id"]), ("model", job.get("model_id") or "–"), ("device", job.get("device") or "–"),
+              ("dataset", job["dataset_id"]), ("model", job.get("model_id") or "–"),
+              ("device", job.get("device") or "–"),
               ("created", when(job["created_at"])), ("finished", when(job.get("finished_at")))]
     if metrics:
-        fields += [("val accuracy", fmt(metrics.get("val_accuracy"))), ("val macro-F1", fmt(metrics.get("val_macro_f1")))]
+        fields += [("val accuracy", fmt(metrics.get("val_accuracy"))),
+                   ("val macro-F1", fmt(metrics.get("val_macro_f1")))]
         if "test_accuracy" in metrics:
             fields.append(("test accuracy", fmt(metrics["test_accuracy"])))
     if job.get("error"):

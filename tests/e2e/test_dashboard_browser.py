@@ -16,7 +16,7 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                 reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)")]
+                                 reason="Debian's chromium and chromium-driver are missing (.ci/run installs them)")]
 
 SHOTS = Path(os.environ.get("TEST_ARTIFACT_DIR", ROOT / "tests" / "artifacts")) / "screenshots"
 EPOCHS = 4

@@ -47,6 +47,7 @@ async function poll(step) {
 
 const badge = (status) => h("span", { class: `badge ${status}` }, status);
 const jobLink = (id) => h("a", { href: `/jobs/${id}`, class: "mono" }, shortId(id));
+const tryLink = (id, text) => (id ? h("a", { href: `/try?model=${id}`, class: "mono" }, text || shortId(id)) : "–");
 const table = (headers, rows, attrs = {}) =>
   h("table", attrs, h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))), h("tbody", {}, rows));
 const lastEpoch = (job) => job.history[job.history.length - 1];
@@ -65,7 +66,7 @@ function jobRow(job) {
     h("td", { class: "num" }, p.total_epochs ? `${p.epoch}/${p.total_epochs}` : "–"),
     h("td", { class: "num" }, last ? fixed(last.val_accuracy) : "–"),
     h("td", { class: "num" }, job.status === "running" ? duration(p.eta_seconds) : "–"),
-    h("td", {}, job.model_id ? h("a", { href: `/try?model=${job.model_id}`, class: "mono" }, shortId(job.model_id)) : "–"),
+    h("td", {}, tryLink(job.model_id)),
     h("td", { class: "muted" }, when(job.created_at)));
 }
 
@@ -119,7 +120,7 @@ function jobFacts(job) {
     ["device", job.device || "–"],
     ["attempts", job.attempts],
     ["dataset", h("span", { class: "mono" }, job.dataset_id || "–")],
-    ["model", job.model_id ? h("a", { href: `/try?model=${job.model_id}`, class: "mono" }, job.model_id) : "–"],
+    ["model", tryLink(job.model_id, job.model_id)],
     ["created", when(job.created_at)],
     ["finished", when(job.finished_at)],
   ];
@@ -128,18 +129,22 @@ function jobFacts(job) {
     if (job.metrics.test_accuracy !== undefined) facts.push(["test accuracy", fixed(job.metrics.test_accuracy)]);
   }
   const list = h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
-  if (job.error) list.append(h("dt", {}, "error"), h("dd", { class: "error-text" }, `${job.error.code}: ${job.error.message}`));
+  if (job.error) {
+    list.append(h("dt", {}, "error"), h("dd", { class: "error-text" }, `${job.error.code}: ${job.error.message}`));
+  }
   return list;
 }
 
 function evaluationView(split) {
   const perClass = table(["label", "precision", "recall", "F1", "support"], split.per_class.map((c) =>
     h("tr", {}, h("td", {}, c.label), h("td", { class: "num" }, fixed(c.precision)),
-      h("td", { class: "num" }, fixed(c.recall)), h("td", { class: "num" }, h("span", {}, progressBar(100 * c.f1), " ", fixed(c.f1))),
+      h("td", { class: "num" }, fixed(c.recall)),
+      h("td", { class: "num" }, progressBar(100 * c.f1), " ", fixed(c.f1)),
       h("td", { class: "num" }, c.support))), { id: "per-class" });
   const summary = h("dl", { class: "facts" }, [
     ["examples", split.examples], ["accuracy", fixed(split.accuracy)], ["macro-F1", fixed(split.macro_f1)],
-    ["weighted F1", fixed(split.weighted_f1)], ["log loss", fixed(split.log_loss)], ["calibration error", fixed(split.ece)],
+    ["weighted F1", fixed(split.weighted_f1)], ["log loss", fixed(split.log_loss)],
+    ["calibration error", fixed(split.ece)],
   ].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   const mistakes = split.misclassified.slice(0, 10);
   return h("div", {},
@@ -208,7 +213,8 @@ async function modelsPage() {
   const models = h("tbody");
   const aliases = h("tbody");
   const select = h("select", { id: "alias-model" });
-  const name = h("input", { id: "alias-name", placeholder: "default", required: true, pattern: "[A-Za-z0-9_.\\-]{1,64}" });
+  const name = h("input", { id: "alias-name", placeholder: "default", required: true,
+                            pattern: "[A-Za-z0-9_.\\-]{1,64}" });
   const form = h("form", { id: "alias-form", class: "inline", onsubmit: async (event) => {
     event.preventDefault();
     try {
@@ -216,7 +222,8 @@ async function modelsPage() {
       say(`Alias ${name.value} now points at ${shortId(select.value)}.`, "ok");
       await draw();
     } catch (error) { showError(error); }
-  } }, h("label", {}, "alias ", name), h("label", {}, " → model ", select), h("button", { type: "submit" }, "Point alias"));
+  } },
+  h("label", {}, "alias ", name), h("label", {}, " → model ", select), h("button", { type: "submit" }, "Point alias"));
 
   async function draw() {
     const [page, aliasList] = await Promise.all([api("/v1/models?limit=200"), api("/v1/aliases")]);
@@ -224,7 +231,8 @@ async function modelsPage() {
       h("td", {}, h("span", { class: "mono" }, shortId(m.id))),
       h("td", {}, m.name),
       h("td", {}, m.aliases.map((a) => h("span", { class: "chip" }, a))),
-      h("td", { title: m.labels.join(", ") }, `${m.labels.length}: ${m.labels.slice(0, 4).join(", ")}${m.labels.length > 4 ? " …" : ""}`),
+      h("td", { title: m.labels.join(", ") },
+        `${m.labels.length}: ${m.labels.slice(0, 4).join(", ")}${m.labels.length > 4 ? " …" : ""}`),
       h("td", {}, m.spec.model?.name || ""),
       h("td", { class: "num" }, fixed(m.metrics.val_accuracy)),
       h("td", { class: "num" }, fixed(m.metrics.val_macro_f1)),
@@ -253,7 +261,8 @@ async function modelsPage() {
     h("table", { id: "models" }, h("thead", {}, h("tr", {}, ["model", "name", "aliases", "labels", "kind", "val acc",
       "val macro-F1", "test acc", "job", "created", ""].map((x) => h("th", {}, x)))), models),
     h("h2", {}, "Aliases"), form,
-    h("table", { id: "aliases" }, h("thead", {}, h("tr", {}, ["alias", "model", "updated", ""].map((x) => h("th", {}, x)))), aliases));
+    h("table", { id: "aliases" },
+      h("thead", {}, h("tr", {}, ["alias", "model", "updated", ""].map((x) => h("th", {}, x)))), aliases));
   try { await draw(); } catch (error) { showError(error); }
 }
 
@@ -280,7 +289,8 @@ async function tryPage() {
           h("div", { class: "text" }, lines[i]),
           h("div", {}, h("span", { class: "label" }, p.label), " ", h("span", { class: "muted" }, fixed(p.score))),
           h("div", { class: "topk" }, p.top_k.map((k) => h("div", { class: "topk-row" },
-            h("span", { class: "topk-label" }, k.label), progressBar(100 * k.score), h("span", { class: "num" }, fixed(k.score))))))));
+            h("span", { class: "topk-label" }, k.label), progressBar(100 * k.score),
+            h("span", { class: "num" }, fixed(k.score))))))));
     } catch (error) { showError(error); }
   } },
   texts, h("div", { class: "inline" }, h("label", {}, "model ", target), h("label", {}, " top-k ", topK),
@@ -309,7 +319,9 @@ document.getElementById("key-form").addEventListener("submit", (event) => {
 const path = location.pathname;
 const jobMatch = path.match(/^\/jobs\/([^/]+)$/);
 const page = jobMatch ? "jobs" : path === "/models" ? "models" : path === "/try" ? "try" : "jobs";
-for (const link of document.querySelectorAll("nav a[data-page]")) link.classList.toggle("active", link.dataset.page === page);
+for (const link of document.querySelectorAll("nav a[data-page]")) {
+  link.classList.toggle("active", link.dataset.page === page);
+}
 if (jobMatch) jobPage(decodeURIComponent(jobMatch[1]));
 else if (page === "models") modelsPage();
 else if (page === "try") tryPage();
