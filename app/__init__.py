@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
 
     from flask import Flask
 
-    from app import auth, errors_http, extensions, middleware, ratelimit
+    from app import auth, errors_http, extensions, middleware, ratelimit, web
     from app.api import datasets, health, jobs, keys, models, openapi
     from app.config import get_settings
 
@@ -34,6 +34,6 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     middleware.init_app(app)
     auth.init_app(app, settings)  # before the rate limiter: limits count per authenticated key
     ratelimit.init_app(app, settings)
-    for module in (health, datasets, jobs, models, keys, openapi):
+    for module in (health, datasets, jobs, models, keys, openapi, web):
         app.register_blueprint(module.bp)
     return app

@@ -48,10 +48,10 @@ ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
     ("DELETE", "/v1/keys/<key_id>"): Scope.admin,
 }
 
-# Served to anyone: probes, the API description, the documentation and the dashboard shell (which then
-# calls /v1 with the key its user types in).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/", "/docs"})
-PUBLIC_PREFIXES = ("/docs/", "/static/")
+# Served to anyone: probes, the API description, the documentation and the dashboard's pages (app/web.py: static
+# shells holding no data, which then call /v1 with the key their user types in).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/", "/docs", "/models", "/try"})
+PUBLIC_PREFIXES = ("/docs/", "/static/", "/jobs/")
 
 REALM = 'Bearer realm="textclf"'
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from app import client_cli
 from app.config import get_settings
 from app.keys_cli import bootstrap_admin_key, keys, warn_auth_off
 
@@ -160,6 +161,11 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
         console.print("textclf stopped")
+
+
+# The client verbs (datasets, train, jobs, models, alias, predict) talk to a running server over HTTP.
+for _command in client_cli.COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -305,6 +305,7 @@ class Progress(BaseModel):
 class EpochRecord(BaseModel):
     epoch: int
     train_loss: float
+    train_accuracy: float | None = None  # absent from jobs trained before it was recorded
     val_loss: float
     val_accuracy: float
     val_macro_f1: float

@@ -36,7 +36,8 @@ def run_story(base: str) -> None:
     assert job["status"] == "succeeded", job
     assert len(job["history"]) == 2 and job["device"] == "cpu" and job["attempts"] == 1
     assert job["progress"]["percent"] == 100.0
-    assert {"train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"} <= set(job["history"][0])
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr",
+            "seconds"} <= set(job["history"][0])
 
     model = requests.get(f"{base}/v1/models/{job['model_id']}", timeout=10).json()
     assert model["labels"] == ["cooking", "sports"]

@@ -54,7 +54,7 @@ def test_required_scope_per_method():
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/", "/docs", "/docs/swagger.js",
-                                  "/static/app.js"])
+                                  "/static/app.js", "/models", "/try", "/jobs/123"])
 def test_public_paths(path):
     assert is_public(path)
 

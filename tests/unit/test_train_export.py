@@ -191,6 +191,8 @@ def test_loss_goes_down_and_accuracy_reaches_100(learned):
     result, _, _, _ = learned
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0] * 0.5
+    train_accuracy = [h["train_accuracy"] for h in result.history]
+    assert all(0.0 <= a <= 1.0 for a in train_accuracy) and train_accuracy[-1] > train_accuracy[0]
     assert result.metrics["accuracy"] == 1.0 and result.metrics["macro_f1"] == 1.0
     assert {"loss", "train_seconds", "epochs_run", "steps", "best_epoch"} <= result.metrics.keys()
     assert result.metrics["epochs_run"] == 8

@@ -540,6 +540,7 @@ def train(
             model.train()
             # Sum of per-batch losses kept on the device: reading it every step would sync the GPU every step.
             loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             order = torch.randperm(len(train_idx), generator=generator)
             for rows in _batches(order, spec.batch_size, merge_single=merge_single):
@@ -564,6 +565,9 @@ def train(
                         model.head.weight.copy_(torch.renorm(model.head.weight, 2, 0, spec.model.max_norm))
                 schedule.step_batch()
                 loss_sum += loss.detach() * len(rows)
+                # Accuracy on the (augmented, dropout-on) training batches as trained: cheap, and enough to
+                # show over- or under-fitting next to validation accuracy on the learning curves.
+                correct += (logits.detach().argmax(dim=-1) == target).sum()
                 seen += len(rows)
                 step += 1
 
@@ -590,7 +594,8 @@ def train(
                 raise TrainingDiverged(f"validation loss is {final['loss']} in epoch {epoch}")
             schedule.step_epoch(final["loss"])
             history.append({
-                "epoch": epoch, "train_loss": train_loss, "val_loss": final["loss"],
+                "epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
+                "val_loss": final["loss"],
                 "val_accuracy": final["accuracy"], "val_macro_f1": final["macro_f1"],
                 "lr": lr, "seconds": round(time.monotonic() - epoch_start, 3),
             })

@@ -1,0 +1,134 @@
+"""The dashboard in headless Chromium against a real `textclf serve`: every page loads and draws (learning
+curves, confusion-matrix heatmap, per-class table, aliases, Swagger UI), a typed sentence is classified, and a
+screenshot of each page is saved under tests/artifacts/screenshots/ (TEST_ARTIFACT_DIR overrides the folder)."""
+
+import base64
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, start_serve, upload_tiny
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                 reason="Debian's chromium and chromium-driver are missing (.ci/run installs them)")]
+
+SHOTS = Path(os.environ.get("TEST_ARTIFACT_DIR", ROOT / "tests" / "artifacts")) / "screenshots"
+EPOCHS = 4
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--window-size=1400,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP violations included
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_count(driver, css: str, at_least: int = 1, timeout: float = 30) -> list:
+    """The elements matching `css` once there are at least `at_least` of them (bounded wait)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, css)) >= at_least)
+    return driver.find_elements(By.CSS_SELECTOR, css)
+
+
+def screenshot(driver, name: str) -> Path:
+    """A full-page PNG (beyond the window's height), saved as an artifact; its path is printed."""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    path.write_bytes(base64.b64decode(shot["data"]))
+    print(f"screenshot: {path}")
+    return path
+
+
+def assert_no_console_errors(driver) -> None:
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def test_dashboard_pages_in_chromium(tmp_path, processes, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, _ = start_serve(tmp_path, processes)
+    dataset_id = upload_tiny(base)
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset_id, "epochs": EPOCHS, "batch_size": 8,
+                                                 "test_split": 0.2}, timeout=30).json()
+    shots = []
+
+    # jobs: the row appears, then turns `succeeded` without a reload (the page polls)
+    browser.get(f"{base}/")
+    row = f'#jobs tr[data-job="{job["id"]}"]'
+    wait_count(browser, row)
+    WebDriverWait(browser, 240, poll_frequency=0.5).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .badge").text == "succeeded")
+    shots.append(screenshot(browser, "jobs"))
+    assert_no_console_errors(browser)
+    model_id = requests.get(f"{base}/v1/jobs/{job['id']}", timeout=10).json()["model_id"]
+
+    # job page: three charts (loss: train + val; accuracy: train, val, macro-F1; lr), a dot per epoch per line
+    browser.get(f"{base}/jobs/{job['id']}")
+    assert len(wait_count(browser, "#curves svg.chart path.series", 6)) == 6
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#curves svg.chart circle.dot")) == 6 * EPOCHS
+    # the confusion matrix: 2 x 2 cells whose counts add up to the validation split; per-class rows
+    cells = wait_count(browser, "#evaluation svg.heatmap rect.cell", 4)
+    assert len(cells) == 4
+    evaluation = requests.get(f"{base}/v1/models/{model_id}/evaluation", timeout=10).json()
+    assert sum(int(c.get_attribute("data-count")) for c in cells) == evaluation["validation"]["examples"]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")) == 2
+    shots.append(screenshot(browser, "job"))
+    browser.find_element(By.CSS_SELECTOR, '#evaluation button[data-split="test"]').click()
+    cells = wait_count(browser, "#evaluation svg.heatmap rect.cell", 4)
+    assert sum(int(c.get_attribute("data-count")) for c in cells) == evaluation["test"]["examples"]
+    assert_no_console_errors(browser)
+
+    # models: the model is listed; point the `default` alias at it through the form
+    browser.get(f"{base}/models")
+    wait_count(browser, f'#models tr[data-model="{model_id}"]')
+    browser.find_element(By.ID, "alias-name").send_keys("default")
+    browser.find_element(By.CSS_SELECTOR, "#alias-form button").click()
+    chips = wait_count(browser, "#aliases .chip")
+    assert [c.text for c in chips] == ["default"]
+    assert [a["name"] for a in requests.get(f"{base}/v1/aliases", timeout=10).json()["items"]] == ["default"]
+    shots.append(screenshot(browser, "models"))
+    assert_no_console_errors(browser)
+
+    # try it: type two sentences, classify, one label each
+    browser.get(f"{base}/try")
+    wait_count(browser, '#try-model option[value^="alias:"]')
+    browser.find_element(By.ID, "try-text").send_keys("the striker scored a late goal\nstir the sauce over low heat")
+    browser.find_element(By.CSS_SELECTOR, "#try-form button[type=submit]").click()
+    labels = wait_count(browser, "#try-results .prediction .label", 2)
+    assert [label.text for label in labels] == ["sports", "cooking"]
+    shots.append(screenshot(browser, "try"))
+    assert_no_console_errors(browser)
+
+    # API docs: Swagger UI from the package's files draws every operation of /openapi.json
+    paths = requests.get(f"{base}/openapi.json", timeout=10).json()["paths"]
+    operations = sum(method in {"get", "post", "put", "delete"} for item in paths.values() for method in item)
+    browser.get(f"{base}/docs")
+    assert len(wait_count(browser, ".opblock", operations)) == operations
+    shots.append(screenshot(browser, "docs"))
+    assert_no_console_errors(browser)
+
+    for path in shots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
