@@ -38,7 +38,7 @@ def create_job():
         if dataset_id is not None and datasets.get_dataset(session=session, dataset_id=dataset_id) is None:
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
                                [{"loc": [field], "msg": "dataset not found", "type": "not_found"}])
-    _check_class_weights(spec, datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels)
+    _check_label_keys(spec, datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels)
     ceiling = state().settings.job_max_runtime_seconds
     if spec.max_runtime_seconds is not None and spec.max_runtime_seconds > ceiling:
         raise ServiceError(ErrorCode.validation_error,
@@ -71,15 +71,17 @@ def create_job():
     return body, 202, {"Location": location}
 
 
-def _check_class_weights(spec: TrainingSpec, dataset_labels: dict[str, int]) -> None:
-    """Explicit class weights must name labels the dataset has: caught here, not hours later in the worker."""
-    weights = spec.class_weights
-    if isinstance(weights, dict):
-        unknown = sorted(set(weights) - set(dataset_labels))
+def _check_label_keys(spec: TrainingSpec, dataset_labels: dict[str, int]) -> None:
+    """Per-label settings (class weights, abstain thresholds) must name labels the dataset has: caught here,
+    not hours later in the worker."""
+    for field in ("class_weights", "abstain_threshold"):
+        value = getattr(spec, field)
+        unknown = sorted(set(value) - set(dataset_labels)) if isinstance(value, dict) else []
         if unknown:
             raise ServiceError(ErrorCode.validation_error,
-                               f"class_weights names labels the dataset lacks: {unknown[:10]}", 422, [{"loc": ["class_weights", label], "msg": "label not in dataset",
-                                      "type": "not_found"} for label in unknown[:10]])
+                               f"{field} names labels the dataset lacks: {unknown[:10]}", 422,
+                               [{"loc": [field, label], "msg": "label not in dataset", "type": "not_found"}
+                                for label in unknown[:10]])
 
 
 @bp.get("/jobs")

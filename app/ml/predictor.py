@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-# Texts per onnxruntime call: bounds the padded [B, T] tensors when a client posts thousands of texts.
-_CHUNK = 512
+# Texts per onnxruntime call: one call for any request under the default MAX_PREDICT_TEXTS (1000), while the
+# padded [B, T] tensors stay bounded if a server allows far more.
+_CHUNK = 1024
 
 
 def _gpu_visible() -> bool:
@@ -100,17 +101,35 @@ class OnnxPredictor:
         p = np.exp(z)
         return (p / p.sum(axis=1, keepdims=True)).astype(np.float32, copy=False)
 
-    def predict(self, texts: Sequence[str], top_k: int = 1) -> list[dict]:
-        """Best label, its score, and the `top_k` best labels per text (top_k capped at the label count)."""
+    def predict(self, texts: Sequence[str], top_k: int = 1,
+                abstain_threshold: float | Mapping[str, float] | None = None) -> list[dict]:
+        """Best label, its score, and the `top_k` best labels per text (top_k capped at the label count).
+
+        A text whose best score is under `abstain_threshold` (one number, or {label: number} for the best label)
+        gets `label: None, abstained: True`, with its scores kept."""
         proba = self.predict_proba(texts)
         k = max(1, min(top_k, len(self._labels)))
         # argsort of the negation is stable, so ties keep class-id order.
         order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        limits = self._thresholds(abstain_threshold)
         out = []
         for p, idx in zip(proba, order):
             ranked = [{"label": self._labels[j], "score": float(p[j])} for j in idx]
-            out.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
+            best = int(idx[0])
+            abstained = bool(p[best] < limits[best])
+            out.append({"label": None if abstained else ranked[0]["label"], "score": ranked[0]["score"],
+                        "abstained": abstained, "top_k": ranked})
         return out
+
+    def _thresholds(self, abstain_threshold: float | Mapping[str, float] | None) -> np.ndarray:
+        """The abstain threshold of each class id; -1 where a class never abstains."""
+        limits = np.full(len(self._labels), -1.0)
+        if isinstance(abstain_threshold, Mapping):
+            for j, name in enumerate(self._labels):
+                limits[j] = abstain_threshold.get(name, -1.0)
+        elif abstain_threshold is not None:
+            limits[:] = abstain_threshold
+        return limits
 
     def warm_up(self) -> None:
         """Run one tiny batch so the first real request does not pay for lazy initialisation."""
