@@ -31,7 +31,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-               "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+               "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+               "pid": record.process}
         for key, value in vars(record).items():
             if key not in _STANDARD and value is not None:
                 out[key] = value
