@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,24 +56,26 @@ class ModelDirectory:
         self._warming: set[uuid.UUID] = set()
         self._lock = threading.Lock()
 
-    def model(self, session: Session, model_id: uuid.UUID) -> ServedModel | None:
-        """The model with this id, or None if there is none."""
+    def model(self, session: Callable[[], Session], model_id: uuid.UUID) -> ServedModel | None:
+        """The model with this id, or None if there is none. `session` is called only on a cache miss."""
         now = time.monotonic()
         entry = self._models.get(model_id)
         if entry is not None and now - entry.checked < self.ttl:
             return entry.model
-        row = registry.get_model(session=session, model_id=model_id)
+        row = registry.get_model(session=session(), model_id=model_id)
         served = ServedModel.of(row) if row is not None else None
         self._models[model_id] = _Entry(served, now)
         return served
 
-    def target(self, session: Session, alias: str | None) -> ServedModel | None:
-        """The model an alias names (None: the default model), or None if the alias does not exist."""
+    def target(self, session: Callable[[], Session], alias: str | None) -> ServedModel | None:
+        """The model an alias names (None: the default model), or None if the alias does not exist. `session` is
+        called only when the cached answer is older than the refresh interval."""
         now = time.monotonic()
         entry = self._targets.get(alias)
         if entry is not None and now - entry.checked < self.ttl:
             return entry.model
-        row = registry.resolve_alias(session=session, name=alias) if alias else registry.default_model(session=session)
+        db = session()
+        row = registry.resolve_alias(session=db, name=alias) if alias else registry.default_model(session=db)
         if row is None:
             self._targets.pop(alias, None)
             return None

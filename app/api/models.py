@@ -94,7 +94,7 @@ def _predictor(served: ServedModel) -> OnnxPredictor:
 
 @bp.post("/models/<model_id>/predict")
 def predict_with_model(model_id: str):
-    served = state().directory.model(get_session(), parse_uuid(model_id, "model"))
+    served = state().directory.model(get_session, parse_uuid(model_id, "model"))
     if served is None:
         _model_or_404(model_id)  # a job id (409) or nothing (404)
     return _predict(served)
@@ -103,7 +103,7 @@ def predict_with_model(model_id: str):
 @bp.post("/predict")
 def predict_default():
     alias = request.args.get("alias") or None
-    served = state().directory.target(get_session(), alias)
+    served = state().directory.target(get_session, alias)
     if served is None:
         if alias:
             raise ServiceError(ErrorCode.not_found, f"No alias named {alias!r}.", 404)
@@ -164,7 +164,7 @@ def set_alias(name: str):
                            [{"loc": ["model_id"], "msg": "model not found", "type": "not_found"}])
     # Load and warm the new model here before the alias moves, so a model that cannot load is never served;
     # the other API processes warm it up before they switch (app/serving.py).
-    _predictor(state().directory.model(session, body.model_id))
+    _predictor(state().directory.model(get_session, body.model_id))
     alias = registry.set_alias(session=session, name=name, model_id=body.model_id)
     session.commit()
     state().directory.forget(alias=name)
