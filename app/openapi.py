@@ -141,10 +141,10 @@ def build_openapi() -> dict[str, Any]:
         "/v1/aliases/{name}": {
             "parameters": [{"name": "name", "in": "path", "required": True,
                             "schema": {"type": "string", "pattern": ALIAS_PATTERN}}],
-            "put": {"summary": "Point an alias at a model",
+            "put": {"summary": "Point an alias at a model (loaded and warmed before the alias moves)",
                     "requestBody": {"required": True, **_json(_ref("AliasSet"))},
                     "responses": {"200": {"description": "Set", **_json(_ref("AliasRead"))},
-                                  **_errors(400, 415, 422)}},
+                                  **_errors(400, 409, 415, 422)}},
             "delete": {"summary": "Remove an alias", "responses": {"204": {"description": "Removed"},
                                                                    **_errors(404, 422)}},
         },
