@@ -94,6 +94,26 @@ def children(pid: int) -> list[int]:
     return sorted(out)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants alive now (a server's real cost per
+    request, which the machine's other load does not inflate the way it inflates wall-clock figures)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, (ppid, _) in stats.items() if ppid == parent and p not in tree]
+        tree.update(kids)
+        frontier += kids
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
+
+
 def memory_mib(pid: int) -> dict[str, float]:
     """Resident set and proportional set size (shared pages split between the processes sharing them)."""
     rss = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
@@ -124,6 +144,7 @@ def wrk(url: str, connections: int, seconds: float, body: str | None, workdir: P
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
             "p50_ms": _ms(latency["50"]), "p99_ms": _ms(latency["99"]),
             "errors": (int(non_2xx.group(1)) if non_2xx else 0)
                       + (sum(map(int, socket_errors.groups())) if socket_errors else 0)}
@@ -167,10 +188,18 @@ def python_load(url: str, connections: int, seconds: float, body: str | None, _w
         t.join()
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")  # noqa: E731
-    return {"rps": len(latencies) / seconds, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors[0]}
+    return {"rps": len(latencies) / seconds, "requests": len(latencies), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors[0]}
 
 
-LOAD = wrk if shutil.which("wrk") else python_load
+GENERATOR = wrk if shutil.which("wrk") else python_load
+
+
+def load(url: str, connections: int, seconds: float, body: str | None, workdir: Path, server_pid: int) -> dict:
+    """One load run, plus the server's CPU milliseconds per answered request."""
+    before = cpu_seconds(server_pid)
+    result = GENERATOR(url, connections, seconds, body, workdir)
+    result["cpu_ms_per_request"] = round((cpu_seconds(server_pid) - before) * 1000 / max(1, result["requests"]), 3)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -266,7 +295,8 @@ def mlflow_row(python: str, model_dir: Path, text: str, seconds: float, workdir:
         check = requests.post(f"http://127.0.0.1:{port}/invocations", data=body,
                               headers={"Content-Type": "application/json"}, timeout=30)
         check.raise_for_status()
-        return {"url": "/invocations", **LOAD(f"http://127.0.0.1:{port}/invocations", 16, seconds, body, workdir)}
+        return {"url": "/invocations", **load(f"http://127.0.0.1:{port}/invocations", 16, seconds, body, workdir,
+                                              proc.pid)}
     finally:
         stop(proc)
 
@@ -308,7 +338,7 @@ def main() -> None:
         api = subprocess.Popen(api_command(settings, "127.0.0.1", port), env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     report: dict = {"dataset": args.dataset, "workers": args.workers, "duration_s": args.duration,
-                    "load_generator": LOAD.__name__, "cores": len(os.sched_getaffinity(0))}
+                    "load_generator": GENERATOR.__name__, "cores": len(os.sched_getaffinity(0))}
     try:
         wait_ok(f"{base}/healthz", api)
         folder = args.data_dir / args.dataset
@@ -324,15 +354,15 @@ def main() -> None:
         single = json.dumps({"texts": [test_texts[0]]})
         report["latency"] = []
         for connections in (1, 16, 64):
-            floor = LOAD(f"{base}/healthz", connections, args.duration, None, workdir)
-            predict = LOAD(predict_url, connections, args.duration, single, workdir)
+            floor = load(f"{base}/healthz", connections, args.duration, None, workdir, api.pid)
+            predict = load(predict_url, connections, args.duration, single, workdir, api.pid)
             report["latency"].append({"connections": connections, "healthz": floor, "predict": predict,
                                       "predict_vs_floor": round(predict["rps"] / floor["rps"], 3)})
 
         report["batches"] = []
         for size in (1, 32, 256):
             texts = (test_texts * (size // len(test_texts) + 1))[:size]
-            served = LOAD(predict_url, 2 * args.workers, args.duration, json.dumps({"texts": texts}), workdir)
+            served = load(predict_url, 2 * args.workers, args.duration, json.dumps({"texts": texts}), workdir, api.pid)
             local = in_process_texts_per_s(settings.models_dir / model_ids[0], texts, args.duration)
             report["batches"].append({"texts_per_request": size, "api_texts_per_s": round(served["rps"] * size, 1),
                                       "api_p50_ms": served["p50_ms"], "errors": served["errors"],
@@ -349,6 +379,8 @@ def main() -> None:
                                               args.duration, workdir)
                 ours = next(r["predict"] for r in report["latency"] if r["connections"] == 16)
                 report["mlflow"]["ours_vs_mlflow"] = round(ours["rps"] / report["mlflow"]["rps"], 1)
+                report["mlflow"]["ours_vs_mlflow_cpu"] = round(report["mlflow"]["cpu_ms_per_request"]
+                                                              / ours["cpu_ms_per_request"], 1)
             except (subprocess.SubprocessError, OSError, requests.RequestException, SystemExit) as exc:
                 report["mlflow"] = {"not_measured": f"{type(exc).__name__}: {exc}"[:500]}
         else:
@@ -364,12 +396,14 @@ def main() -> None:
 def print_table(report: dict) -> None:
     print(f"\nserving, {report['dataset']}, {report['workers']} gunicorn workers, {report['cores']} cores, "
           f"{report['load_generator']}, {report['duration_s']:g} s per run\n")
-    print("| connections | /healthz req/s | p50 ms | p99 ms | predict req/s | p50 ms | p99 ms | predict / floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| connections | /healthz req/s | p50 ms | p99 ms | CPU ms/req | predict req/s | p50 ms | p99 ms | CPU ms/req "
+          "| predict / floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in report["latency"]:
         h, p = row["healthz"], row["predict"]
-        print(f"| {row['connections']} | {h['rps']:,.0f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {p['rps']:,.0f} "
-              f"| {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {row['predict_vs_floor']:.0%} |")
+        print(f"| {row['connections']} | {h['rps']:,.0f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} "
+              f"| {h['cpu_ms_per_request']:.2f} | {p['rps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} "
+              f"| {p['cpu_ms_per_request']:.2f} | {row['predict_vs_floor']:.0%} |")
     print("\n| texts / request | API texts/s | API p50 ms | in-process texts/s | API / in-process |")
     print("|---|---|---|---|---|")
     for row in report["batches"]:
@@ -383,7 +417,9 @@ def print_table(report: dict) -> None:
     mlflow = report["mlflow"]
     if "rps" in mlflow:
         print(f"\nMLflow `models serve` (2 workers), 16 connections: {mlflow['rps']:,.0f} req/s, p50 "
-              f"{mlflow['p50_ms']:.2f} ms, p99 {mlflow['p99_ms']:.2f} ms; ours {mlflow['ours_vs_mlflow']}x")
+              f"{mlflow['p50_ms']:.2f} ms, p99 {mlflow['p99_ms']:.2f} ms, {mlflow['cpu_ms_per_request']:.2f} CPU ms "
+              f"per request; ours {mlflow['ours_vs_mlflow']}x its req/s, {mlflow['ours_vs_mlflow_cpu']}x less CPU "
+              "per request")
     else:
         print(f"\nMLflow: not measured ({mlflow['not_measured']})")
 
