@@ -37,6 +37,10 @@ def init_app(app: Flask) -> None:
         g.started = time.perf_counter()
         request_id_var.set(g.request_id)
 
+    @app.teardown_request
+    def _forget_request_id(_exc: BaseException | None) -> None:
+        request_id_var.set(None)  # log records written between requests belong to no request
+
     @app.after_request
     def _headers(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")

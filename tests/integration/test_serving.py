@@ -241,3 +241,11 @@ def test_access_log_lines_are_json_with_the_request_id(served):
     assert first["path"] == f"/v1/models/{v1['id']}/predict" and first["duration_ms"] > 0
     assert first["logger"] == "textclf.access" and first["level"] == "INFO"
     assert second["request_id"] == missing.headers["X-Request-ID"] and second["status"] == 404
+
+
+def test_request_id_is_not_left_on_records_after_the_request(served):
+    api, _ = served
+    api.get("/healthz", headers={"X-Request-ID": "leaky-1"})
+    with json_log("textclf.test-after") as stream:
+        logging.getLogger("textclf.test-after").warning("between requests")
+    assert "request_id" not in json.loads(stream.getvalue())
