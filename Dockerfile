@@ -61,4 +61,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
 # No --preload: onnxruntime sessions must be created after the fork, one set per worker.
-CMD ["gunicorn", "--workers", "2", "--bind", "0.0.0.0:8000", "--timeout", "60", "--access-logfile", "-", "app:create_app()"]
+CMD ["gunicorn", "--config", "python:app.gunicorn_conf", "--workers", "2", "--bind", "0.0.0.0:8000", "--timeout", "60", "app:create_app()"]

@@ -15,16 +15,15 @@ __version__ = "0.1.0"
 
 def create_app(settings: Settings | None = None, *, session_factory: sessionmaker[Session] | None = None) -> Flask:
     """The API. Tests pass their own settings and a connection-bound sessionmaker."""
-    import logging
-
     from flask import Flask
 
     from app import auth, errors_http, extensions, middleware, ratelimit, web
-    from app.api import datasets, health, jobs, keys, models, openapi
+    from app.api import datasets, health, jobs, keys, metrics, models, openapi
     from app.config import get_settings
+    from app.logs import configure_logging
 
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
     # Werkzeug answers 413 itself once a body passes this size, before a view reads it.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
@@ -34,6 +33,6 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     middleware.init_app(app)
     auth.init_app(app, settings)  # before the rate limiter: limits count per authenticated key
     ratelimit.init_app(app, settings)
-    for module in (health, datasets, jobs, models, keys, openapi, web):
+    for module in (health, metrics, datasets, jobs, models, keys, openapi, web):
         app.register_blueprint(module.bp)
     return app

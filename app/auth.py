@@ -30,6 +30,7 @@ ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
     ("GET", "/v1/models"): Scope.read,
     ("GET", "/v1/models/<model_id>"): Scope.read,
     ("GET", "/v1/models/<model_id>/evaluation"): Scope.read,
+    ("GET", "/v1/models/<model_id>/bundle"): Scope.read,
     ("GET", "/v1/aliases"): Scope.read,
     ("GET", "/metrics"): Scope.read,
     # train: data in, jobs started and stopped
@@ -41,6 +42,7 @@ ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
     ("POST", "/v1/models/<model_id>/predict"): Scope.predict,
     ("POST", "/v1/predict"): Scope.predict,
     # admin: what changes what others are served, and the keys themselves
+    ("PATCH", "/v1/models/<model_id>"): Scope.admin,  # abstain thresholds change what others are served
     ("PUT", "/v1/aliases/<name>"): Scope.admin,
     ("DELETE", "/v1/aliases/<name>"): Scope.admin,
     ("GET", "/v1/keys"): Scope.admin,

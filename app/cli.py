@@ -50,8 +50,8 @@ def worker_command(settings) -> list[str]:
 
 def api_command(settings, host: str, port: int) -> list[str]:
     """The gunicorn command line for the API (no --preload: onnxruntime sessions are made after the fork)."""
-    return [sys.executable, "-m", "gunicorn", "--workers", str(settings.api_workers), "--bind", f"{host}:{port}",
-            "--timeout", "60", "app:create_app()"]
+    return [sys.executable, "-m", "gunicorn", "--config", "python:app.gunicorn_conf", "--workers",
+            str(settings.api_workers), "--bind", f"{host}:{port}", "--timeout", "60", "app:create_app()"]
 
 
 @main.command()
@@ -66,14 +66,13 @@ def worker() -> None:
               help="Touched after every successful pass (for container healthchecks).")
 def reaper(interval: float | None, health_file: Path | None) -> None:
     """Re-queue training jobs whose worker stopped sending heartbeats (run one per deployment)."""
-    import logging
-
     from app.broker import make_celery
     from app.db.session import make_engine, make_sessionmaker
+    from app.logs import configure_logging
     from app.reaper import run_forever
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     run_forever(sessionmaker=make_sessionmaker(make_engine(settings.database_url)), celery=make_celery(settings),
                 settings=settings, interval_s=interval or settings.reaper_interval, health_file=health_file)
 

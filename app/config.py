@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,7 +97,18 @@ class Settings(BaseSettings):
     )
     api_workers: int = Field(2, ge=1, validation_alias="API_WORKERS",
                              description="gunicorn workers started by `textclf serve`.")
+    model_refresh_seconds: float = Field(
+        1.0, ge=0.0, le=3600, validation_alias="MODEL_REFRESH_SECONDS",
+        description="How long an API process trusts what it read about an alias or a model (target, abstain "
+                    "threshold) before reading the database again.")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", validation_alias="LOG_FORMAT",
+        description="text: one readable line per record; json: one JSON object per line with request and job ids.")
+    metrics_dir: Path | None = Field(
+        None, validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="Where gunicorn's API processes share Prometheus counters; default DATA_DIR/prometheus. "
+                    "Emptied when the API starts.")
 
     @field_validator("rate_limit_default", "rate_limit_predict", "rate_limit_train")
     @classmethod
@@ -116,6 +128,7 @@ class Settings(BaseSettings):
         if self.artifact_dir is None:
             self.artifact_dir = self.data_dir / "artifacts"
         self.artifact_dir = self.artifact_dir.expanduser().absolute()
+        self.metrics_dir = (self.metrics_dir or self.data_dir / "prometheus").expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'textclf.db'}"
         if not self.celery_broker_url:

@@ -13,6 +13,7 @@ from app.broker import make_celery
 from app.config import Settings
 from app.db.session import make_engine, make_sessionmaker
 from app.predictors import PredictorCache
+from app.serving import ModelDirectory
 
 
 @dataclass
@@ -28,6 +29,10 @@ class State:
     def predictors(self) -> PredictorCache:
         # Created lazily, so sessions are made in each gunicorn worker after the fork.
         return PredictorCache(self.settings)
+
+    @cached_property
+    def directory(self) -> ModelDirectory:
+        return ModelDirectory(self.predictors, ttl=self.settings.model_refresh_seconds)
 
 
 def init_app(app: Flask, settings: Settings, *, session_factory: sessionmaker[Session] | None) -> None:

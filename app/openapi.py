@@ -10,11 +10,12 @@ from pydantic.json_schema import models_json_schema
 from app import __version__
 from app.auth import is_public
 from app.spec import (ALIAS_PATTERN, AliasRead, AliasSet, ApiKeyCreate, ApiKeyCreated, ApiKeyRead, DatasetCreate,
-                      DatasetRead, EvaluationRead, JobRead, ModelRead, PredictRequest, PredictResponse, TrainingSpec)
+                      DatasetRead, EvaluationRead, JobRead, ModelRead, ModelUpdate, PredictRequest, PredictResponse,
+                      TrainingSpec)
 
-_MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, PredictRequest,
-                                  PredictResponse, AliasSet, AliasRead, EvaluationRead, ApiKeyCreate, ApiKeyRead,
-                                  ApiKeyCreated]
+_MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, ModelUpdate,
+                                  PredictRequest, PredictResponse, AliasSet, AliasRead, EvaluationRead, ApiKeyCreate,
+                                  ApiKeyRead, ApiKeyCreated]
 REF = "#/components/schemas/{model}"
 
 _ERROR = {
@@ -86,6 +87,8 @@ def build_openapi() -> dict[str, Any]:
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
         "/readyz": {"get": {"summary": "Readiness: database and broker reachable",
                             "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)", "responses": {
+            "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/v1/datasets": {
             "post": {"summary": "Upload a labelled dataset", "parameters": [_IDEMPOTENCY], "requestBody": {"required": True, "content": {
                 "multipart/form-data": {"schema": upload_schema},
@@ -120,9 +123,20 @@ def build_openapi() -> dict[str, Any]:
                           "202": {"description": "Cancelling", **_json(_ref("JobRead"))}, **_errors(404, 409)}}},
         "/v1/models": {"get": {"summary": "List models", "parameters": _PAGING, "responses": {
             "200": {"description": "A page", **_json(_page("ModelRead"))}, **_errors(422)}}},
-        "/v1/models/{model_id}": {"parameters": [_path_id("model_id")], "get": {
-            "summary": "A model", "responses": {"200": {"description": "Found", **_json(_ref("ModelRead"))},
-                                                **_errors(404, 409)}}},
+        "/v1/models/{model_id}": {
+            "parameters": [_path_id("model_id")],
+            "get": {"summary": "A model", "responses": {"200": {"description": "Found", **_json(_ref("ModelRead"))},
+                                                        **_errors(404, 409)}},
+            "patch": {"summary": "Change a model's abstain threshold",
+                      "requestBody": {"required": True, **_json(_ref("ModelUpdate"))},
+                      "responses": {"200": {"description": "Changed", **_json(_ref("ModelRead"))},
+                                    **_errors(400, 404, 409, 415, 422)}},
+        },
+        "/v1/models/{model_id}/bundle": {"parameters": [_path_id("model_id")], "get": {
+            "summary": "A zip with model.onnx, tokenizer.json, labels.json, model_card.json and README.md",
+            "responses": {"200": {"description": "The bundle", "content": {
+                "application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                          **_errors(404, 409)}}},
         "/v1/models/{model_id}/evaluation": {"parameters": [_path_id("model_id")], "get": {
             "summary": "Validation and test evaluation of a model",
             "responses": {"200": {"description": "Evaluation", **_json(_ref("EvaluationRead"))},
@@ -142,10 +156,10 @@ def build_openapi() -> dict[str, Any]:
         "/v1/aliases/{name}": {
             "parameters": [{"name": "name", "in": "path", "required": True,
                             "schema": {"type": "string", "pattern": ALIAS_PATTERN}}],
-            "put": {"summary": "Point an alias at a model",
+            "put": {"summary": "Point an alias at a model (loaded and warmed before the alias moves)",
                     "requestBody": {"required": True, **_json(_ref("AliasSet"))},
                     "responses": {"200": {"description": "Set", **_json(_ref("AliasRead"))},
-                                  **_errors(400, 415, 422)}},
+                                  **_errors(400, 409, 415, 422)}},
             "delete": {"summary": "Remove an alias", "responses": {"204": {"description": "Removed"},
                                                                    **_errors(404, 422)}},
         },

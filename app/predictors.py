@@ -8,6 +8,7 @@ import uuid
 from collections import OrderedDict
 
 from app.config import Settings
+from app.metrics import LOADED_MODELS
 from app.ml.predictor import OnnxPredictor
 
 
@@ -25,7 +26,7 @@ class PredictorCache:
         # Share the cores between the API's worker processes; spinning threads would fight each other.
         if self.settings.ort_intra_op_threads:
             return self.settings.ort_intra_op_threads
-        return max(1, (os.cpu_count() or 1) // self.settings.api_workers)
+        return max(1, len(os.sched_getaffinity(0)) // self.settings.api_workers)
 
     def get(self, model_id: uuid.UUID) -> OnnxPredictor:
         """The predictor for `model_id`, loaded and warmed on first use. Raises FileNotFoundError."""
@@ -47,8 +48,10 @@ class PredictorCache:
                 while len(self._items) > self.capacity:
                     self._items.popitem(last=False)
                 self._loading.pop(model_id, None)
+                LOADED_MODELS.set(len(self._items))
             return predictor
 
     def loaded(self, model_id: uuid.UUID) -> OnnxPredictor | None:
+        """The predictor if this process has it loaded, else None (never loads)."""
         with self._lock:
             return self._items.get(model_id)

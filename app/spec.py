@@ -173,6 +173,9 @@ class AugmentSpec(_Strict):
 LabelName = Annotated[str, Field(min_length=1, max_length=200)]
 ClassWeight = Annotated[float, Field(gt=0.0, le=1_000.0)]
 ClassWeights = Literal["balanced"] | Annotated[dict[LabelName, ClassWeight], Field(min_length=1, max_length=10_000)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
+# One threshold for every class, or one per named class (classes left out never abstain).
+AbstainThreshold = Probability | Annotated[dict[LabelName, Probability], Field(min_length=1, max_length=10_000)]
 
 # `preset: "fast"`: a fastText-like run (Joulin et al. 2016: averaged word + hashed-bigram embeddings, no dropout,
 # plain SGD decaying linearly to 0, no clipping), filled in UNDER the user's fields. The loss is a batch mean, so
@@ -246,6 +249,10 @@ class TrainingSpec(_Strict):
         None, description="Stop when the metric stops improving; null trains every epoch. Either way the best "
                           "epoch (by this metric, else validation macro-F1) is the model kept.")
     augment: AugmentSpec | None = Field(None, description="Random token noise on training batches; null for none.")
+    abstain_threshold: AbstainThreshold | None = Field(
+        None, description="Stored with the model: a prediction whose best score is under this abstains (label null, "
+                          "abstained true, scores kept). A number for every class or {label: number} for some; "
+                          "null never abstains. PATCH /v1/models/{id} changes it later.")
 
     @model_validator(mode="before")
     @classmethod
@@ -338,6 +345,7 @@ class JobRead(_Read):
 class ModelRead(_Read):
     id: UUID
     name: str
+    version: int = Field(description="1, 2, ... per model name, in order of registration.")
     job_id: UUID
     dataset_id: UUID | None
     labels: list[str]
@@ -345,6 +353,7 @@ class ModelRead(_Read):
     metrics: dict[str, Any]
     artifacts: dict[str, int] = Field(description="Artifact file name -> size in bytes.")
     aliases: list[str] = []
+    abstain_threshold: AbstainThreshold | None = Field(None, description="See TrainingSpec.abstain_threshold.")
     created_at: datetime
     providers: list[str] | None = Field(None, description="onnxruntime providers in use in this API process.")
 
@@ -368,19 +377,28 @@ class PredictRequest(_Strict):
     top_k: int = Field(1, ge=1, le=100, description="Labels returned per text, best first.")
 
 
+class ModelUpdate(_Strict):
+    abstain_threshold: AbstainThreshold | None = Field(
+        description="A number for every class, {label: number} for some, or null to never abstain.")
+
+
 class LabelScore(BaseModel):
     label: str
     score: float
 
 
 class Prediction(BaseModel):
-    label: str
-    score: float
+    label: str | None = Field(description="The best label; null when the model abstained.")
+    score: float = Field(description="The best label's probability (also when abstaining).")
+    abstained: bool = Field(description="The best score was under the model's abstain threshold.")
     top_k: list[LabelScore]
 
 
 class PredictResponse(BaseModel):
     model_id: UUID
+    model_name: str
+    model_version: int
+    alias: str | None = Field(None, description="The alias that chose the model, if one did.")
     predictions: list[Prediction]
 
 

@@ -7,18 +7,27 @@ import os
 import socket
 import threading
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_ready
 from sqlalchemy.exc import OperationalError
 
 from app.broker import make_celery
 from app.config import get_settings
 from app.db import jobs
 from app.db.session import make_engine, make_sessionmaker
+from app.logs import apply_format
 
 settings = get_settings()
 celery = make_celery(settings, include=["worker.tasks"])
 engine = make_engine(settings.database_url)
 SessionLocal = make_sessionmaker(engine)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger, **_kwargs) -> None:
+    # Celery sets up its own handlers; LOG_FORMAT=json makes them write JSON with the job id too.
+    if settings.log_format == "json":
+        apply_format(logger, "json")
 
 
 @worker_process_init.connect

@@ -6,6 +6,7 @@ import uuid
 
 from sqlalchemy.exc import OperationalError
 
+from app.logs import job_id_var
 from app.tasks import TRAIN_TASK
 from worker.celery_app import SessionLocal, celery, settings
 from worker.training import run_training
@@ -15,5 +16,9 @@ from worker.training import run_training
              max_retries=5)
 def train_model(self, job_id: str) -> str:
     """Train the job `job_id` (the database row is the source of truth; the message carries only the id)."""
-    return run_training(sessionmaker=SessionLocal, settings=settings, job_id=uuid.UUID(job_id),
-                        worker_id=self.request.hostname or "worker")
+    token = job_id_var.set(job_id)  # every log record of this job carries its id
+    try:
+        return run_training(sessionmaker=SessionLocal, settings=settings, job_id=uuid.UUID(job_id),
+                            worker_id=self.request.hostname or "worker")
+    finally:
+        job_id_var.reset(token)

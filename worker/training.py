@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import ingest
 from app.config import Settings
-from app.db import jobs
+from app.db import jobs, registry
 from app.db.datasets import get_dataset, records_path
 from app.db.models import Model
 from app.errors import ErrorCode
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 2.0
 # Validation texts used by the ONNX parity check.
 PARITY_SAMPLE = 64
+# Tries at registering a model when concurrent registrations of one name race for a version number.
+REGISTER_ATTEMPTS = 3
 
 
 class JobCancelled(Exception):
@@ -233,18 +235,28 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
 
     # register: model row and job status in one transaction
     artifacts = {p.name: p.stat().st_size for p in sorted(final_dir.iterdir())}
+    name = spec.name or f"model-{str(model_id)[:8]}"
     try:
-        with sm.begin() as session:
-            session.add(Model(id=model_id, name=spec.name or f"model-{str(model_id)[:8]}", job_id=job_id,
-                              dataset_id=spec.dataset_id, labels=label_names, spec=spec.model_dump(mode="json"),
-                              metrics=metrics, artifacts=artifacts, evaluation=evaluation))
-            session.flush()
-            done = jobs.finish_job(session=session, job_id=job_id, status=JobStatus.succeeded, metrics=metrics,
-                                   model_id=model_id, worker_id=owner,
-                                   progress={**_last_progress(result, spec), "stage": "done", "percent": 100.0,
-                                             "eta_seconds": 0.0})
-            if not done:
-                raise JobFailed(ErrorCode.training_error, "The job was changed by someone else while it trained.")
+        for attempt in range(REGISTER_ATTEMPTS):
+            try:
+                with sm.begin() as session:
+                    session.add(Model(id=model_id, name=name, version=registry.next_version(session=session, name=name),
+                                      job_id=job_id, dataset_id=spec.dataset_id, labels=label_names,
+                                      spec=spec.model_dump(mode="json"), metrics=metrics, artifacts=artifacts,
+                                      evaluation=evaluation, abstain_threshold=spec.abstain_threshold))
+                    session.flush()
+                    done = jobs.finish_job(session=session, job_id=job_id, status=JobStatus.succeeded,
+                                           metrics=metrics, model_id=model_id, worker_id=owner,
+                                           progress={**_last_progress(result, spec), "stage": "done",
+                                                     "percent": 100.0, "eta_seconds": 0.0})
+                    if not done:
+                        raise JobFailed(ErrorCode.training_error,
+                                        "The job was changed by someone else while it trained.")
+                break
+            except IntegrityError:
+                # Another model of the same name took this version number at the same moment: count again.
+                if attempt == REGISTER_ATTEMPTS - 1:
+                    raise
     except BaseException:
         shutil.rmtree(final_dir, ignore_errors=True)
         raise

@@ -41,7 +41,7 @@ def create_job():
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
                                [{"loc": [field], "msg": "dataset not found", "type": "not_found"}])
     labels = datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels
-    _check_class_weights(spec, labels)
+    _check_label_keys(spec, labels)
     _check_ceilings(spec, num_classes=len(labels), settings=state().settings)
     job = jobs.create_job(session=session, spec=spec)
     body, location = job_json(job), f"/v1/jobs/{job.id}"
@@ -94,15 +94,17 @@ def _check_ceilings(spec: TrainingSpec, *, num_classes: int, settings: Settings)
               "type": "less_than_equal"}])
 
 
-def _check_class_weights(spec: TrainingSpec, dataset_labels: dict[str, int]) -> None:
-    """Explicit class weights must name labels the dataset has: caught here, not hours later in the worker."""
-    weights = spec.class_weights
-    if isinstance(weights, dict):
-        unknown = sorted(set(weights) - set(dataset_labels))
+def _check_label_keys(spec: TrainingSpec, dataset_labels: dict[str, int]) -> None:
+    """Per-label settings (class weights, abstain thresholds) must name labels the dataset has: caught here,
+    not hours later in the worker."""
+    for field in ("class_weights", "abstain_threshold"):
+        value = getattr(spec, field)
+        unknown = sorted(set(value) - set(dataset_labels)) if isinstance(value, dict) else []
         if unknown:
             raise ServiceError(ErrorCode.validation_error,
-                               f"class_weights names labels the dataset lacks: {unknown[:10]}", 422, [{"loc": ["class_weights", label], "msg": "label not in dataset",
-                                      "type": "not_found"} for label in unknown[:10]])
+                               f"{field} names labels the dataset lacks: {unknown[:10]}", 422,
+                               [{"loc": [field, label], "msg": "label not in dataset", "type": "not_found"}
+                                for label in unknown[:10]])
 
 
 @bp.get("/jobs")

@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 import re
 
-from flask import Blueprint, request
+from flask import Blueprint, request, send_file
 
+from app import bundle, metrics
 from app.api.common import json_body, page_args, parse, parse_uuid
 from app.db import jobs, registry
 from app.db.models import Model
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
-from app.spec import ALIAS_PATTERN, AliasRead, AliasSet, ModelRead, PredictRequest
+from app.ml.predictor import OnnxPredictor
+from app.serving import ServedModel
+from app.spec import ALIAS_PATTERN, AliasRead, AliasSet, ModelRead, ModelUpdate, PredictRequest
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
-
 
 
 def model_json(model: Model) -> dict:
@@ -57,7 +59,7 @@ def get_evaluation(model_id: str):
     return {"model_id": str(model.id), **(model.evaluation or {"validation": None, "test": None})}
 
 
-def _predict(model: Model):
+def _predict(served: ServedModel, alias: str | None = None):
     body = parse(PredictRequest, json_body())
     settings = state().settings
     if len(body.texts) > settings.max_predict_texts:
@@ -69,34 +71,75 @@ def _predict(model: Model):
         raise ServiceError(ErrorCode.validation_error,
                            f"Texts longer than {settings.max_text_chars} characters (MAX_TEXT_CHARS).", 422,
                            [{"loc": ["texts", i], "msg": "text too long", "type": "too_long"} for i in too_long[:10]])
+    predictor = _predictor(served)
+    # All texts of the request are tokenised together and scored in one onnxruntime call.
+    predictions = predictor.predict(body.texts, top_k=body.top_k, abstain_threshold=served.abstain_threshold)
+    version = str(served.version)
+    metrics.PREDICTIONS.labels(served.name, version).inc(len(predictions))
+    if abstained := sum(p["abstained"] for p in predictions):
+        metrics.ABSTENTIONS.labels(served.name, version).inc(abstained)
+    return {"model_id": str(served.id), "model_name": served.name, "model_version": served.version, "alias": alias,
+            "predictions": predictions}
+
+
+def _predictor(served: ServedModel) -> OnnxPredictor:
+    """The loaded (and warmed) predictor of a model, or a 409 when its artifacts are not on this server."""
     try:
-        predictor = state().predictors.get(model.id)
+        return state().predictors.get(served.id)
     except FileNotFoundError:
-        log.error("artifacts of model %s are missing", model.id)
+        log.error("artifacts of model %s are missing", served.id)
         raise ServiceError(ErrorCode.model_not_ready, "The model's artifacts are not available on this server.",
                            409) from None
-    predictions = predictor.predict(body.texts, top_k=body.top_k)
-    return {"model_id": str(model.id), "predictions": predictions}
 
 
 @bp.post("/models/<model_id>/predict")
 def predict_with_model(model_id: str):
-    return _predict(_model_or_404(model_id))
+    served = state().directory.model(get_session, parse_uuid(model_id, "model"))
+    if served is None:
+        _model_or_404(model_id)  # a job id (409) or nothing (404)
+    return _predict(served)
 
 
 @bp.post("/predict")
 def predict_default():
-    session = get_session()
-    alias = request.args.get("alias")
-    if alias:
-        model = registry.resolve_alias(session=session, name=alias)
-        if model is None:
+    alias = request.args.get("alias") or None
+    served = state().directory.target(get_session, alias)
+    if served is None:
+        if alias:
             raise ServiceError(ErrorCode.not_found, f"No alias named {alias!r}.", 404)
-    else:
-        model = registry.default_model(session=session)
-        if model is None:
-            raise ServiceError(ErrorCode.model_not_ready, "No model has been trained yet.", 409)
-    return _predict(model)
+        raise ServiceError(ErrorCode.model_not_ready, "No model has been trained yet.", 409)
+    return _predict(served, alias)
+
+
+@bp.patch("/models/<model_id>")
+def update_model(model_id: str):
+    """Change a model's serving options (the abstain threshold)."""
+    model = _model_or_404(model_id)
+    body = parse(ModelUpdate, json_body())
+    threshold = body.abstain_threshold
+    unknown = sorted(set(threshold) - set(model.labels)) if isinstance(threshold, dict) else []
+    if unknown:
+        raise ServiceError(ErrorCode.validation_error, f"abstain_threshold names labels the model lacks: "
+                           f"{unknown[:10]}", 422, [{"loc": ["abstain_threshold", label], "msg": "label not in model",
+                                                     "type": "not_found"} for label in unknown[:10]])
+    model.abstain_threshold = threshold
+    get_session().commit()
+    # This process sees the change at once; the others within MODEL_REFRESH_SECONDS.
+    state().directory.forget(model_id=model.id)
+    return model_json(model)
+
+
+@bp.get("/models/<model_id>/bundle")
+def get_bundle(model_id: str):
+    """A zip with everything needed to classify text without this service: model.onnx, tokenizer.json,
+    labels.json, model_card.json and README.md."""
+    model = _model_or_404(model_id)
+    folder = state().settings.models_dir / str(model.id)
+    if not (folder / "model.onnx").is_file():
+        raise ServiceError(ErrorCode.model_not_ready, "The model's artifacts are not available on this server.", 409)
+    archive = bundle.write_bundle(model, folder)
+    return send_file(archive, mimetype="application/zip", as_attachment=True,
+                     download_name=f"{bundle.safe_name(model.name)}-v{model.version}.zip")
 
 
 @bp.get("/aliases")
@@ -119,8 +162,12 @@ def set_alias(name: str):
     if registry.get_model(session=session, model_id=body.model_id) is None:
         raise ServiceError(ErrorCode.validation_error, f"No model with id {body.model_id}.", 422,
                            [{"loc": ["model_id"], "msg": "model not found", "type": "not_found"}])
+    # Load and warm the new model here before the alias moves, so a model that cannot load is never served;
+    # the other API processes warm it up before they switch (app/serving.py).
+    _predictor(state().directory.model(get_session, body.model_id))
     alias = registry.set_alias(session=session, name=name, model_id=body.model_id)
     session.commit()
+    state().directory.forget(alias=name)
     return AliasRead.model_validate(alias).model_dump(mode="json")
 
 
@@ -131,4 +178,5 @@ def delete_alias(name: str):
     if not registry.delete_alias(session=session, name=name):
         raise ServiceError(ErrorCode.not_found, f"No alias named {name!r}.", 404)
     session.commit()
+    state().directory.forget(alias=name)
     return "", 204

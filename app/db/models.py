@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, JSONType, UTCDateTime, utcnow
@@ -62,9 +62,12 @@ class TrainingJob(Base):
 
 class Model(Base):
     __tablename__ = "models"
+    # Versions count up per name: "trec" v1, v2, ... (registry.next_version); the pair names one model.
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id"), unique=True)
     dataset_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     labels: Mapped[list[str]] = mapped_column(JSONType)
@@ -73,6 +76,9 @@ class Model(Base):
     artifacts: Mapped[dict[str, int]] = mapped_column(JSONType)
     # {"validation": {...}, "test": {...} | None}: see worker/ml/evaluation.py; served by GET .../evaluation.
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Predictions whose best score is under this abstain (label null): a float for every class, or
+    # {label: float} for some; null never abstains. Set from the spec, changed with PATCH /v1/models/{id}.
+    abstain_threshold: Mapped[float | dict[str, float] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     alias_rows: Mapped[list[ModelAlias]] = relationship(back_populates="model", lazy="selectin")

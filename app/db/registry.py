@@ -18,6 +18,11 @@ def get_model(*, session: Session, model_id: uuid.UUID) -> Model | None:
     return session.get(Model, model_id)
 
 
+def next_version(*, session: Session, name: str) -> int:
+    """The version number the next model called `name` gets: 1 for a new name."""
+    return (session.scalar(select(func.max(Model.version)).where(Model.name == name)) or 0) + 1
+
+
 def list_models(*, session: Session, limit: int, offset: int) -> tuple[list[Model], int]:
     total = session.scalar(select(func.count()).select_from(Model)) or 0
     rows = session.scalars(select(Model).order_by(Model.created_at.desc(), Model.id).limit(limit).offset(offset))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-# Texts per onnxruntime call: bounds the padded [B, T] tensors when a client posts thousands of texts.
-_CHUNK = 512
+# Texts per onnxruntime call: one call for any request under the default MAX_PREDICT_TEXTS (1000), while the
+# padded [B, T] tensors stay bounded if a server allows far more.
+_CHUNK = 1024
 
 
 def _gpu_visible() -> bool:
@@ -94,23 +95,45 @@ class OnnxPredictor:
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(self._labels)), dtype=np.float32)
-        chunks = [self.logits(*self.encoder.encode(texts[i : i + _CHUNK])) for i in range(0, len(texts), _CHUNK)]
-        z = np.concatenate(chunks)
-        z = z - z.max(axis=1, keepdims=True)  # exp of the shifted scores cannot overflow
-        p = np.exp(z)
-        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32, copy=False)
+        if len(texts) <= _CHUNK:
+            z = self.logits(*self.encoder.encode(texts))
+        else:
+            z = np.concatenate([self.logits(*self.encoder.encode(texts[i : i + _CHUNK]))
+                                for i in range(0, len(texts), _CHUNK)])
+        # In place: this runs on every request, and a one-text request is mostly fixed costs.
+        z -= z.max(axis=1, keepdims=True)  # exp of the shifted scores cannot overflow
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
 
-    def predict(self, texts: Sequence[str], top_k: int = 1) -> list[dict]:
-        """Best label, its score, and the `top_k` best labels per text (top_k capped at the label count)."""
+    def predict(self, texts: Sequence[str], top_k: int = 1,
+                abstain_threshold: float | Mapping[str, float] | None = None) -> list[dict]:
+        """Best label, its score, and the `top_k` best labels per text (top_k capped at the label count).
+
+        A text whose best score is under `abstain_threshold` (one number, or {label: number} for the best label)
+        gets `label: None, abstained: True`, with its scores kept."""
         proba = self.predict_proba(texts)
         k = max(1, min(top_k, len(self._labels)))
         # argsort of the negation is stable, so ties keep class-id order.
-        order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        order = np.argsort(-proba, axis=1, kind="stable")[:, :k].tolist()
+        limits = self._thresholds(abstain_threshold)
+        labels = self._labels
         out = []
-        for p, idx in zip(proba, order):
-            ranked = [{"label": self._labels[j], "score": float(p[j])} for j in idx]
-            out.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
+        for p, idx in zip(proba.tolist(), order):  # plain floats: cheaper than numpy scalars one by one
+            ranked = [{"label": labels[j], "score": p[j]} for j in idx]
+            best = idx[0]
+            abstained = limits is not None and p[best] < limits[best]
+            out.append({"label": None if abstained else labels[best], "score": p[best],
+                        "abstained": abstained, "top_k": ranked})
         return out
+
+    def _thresholds(self, abstain_threshold: float | Mapping[str, float] | None) -> list[float] | None:
+        """The abstain threshold of each class id (-1 where a class never abstains); None when none does."""
+        if abstain_threshold is None:
+            return None
+        if isinstance(abstain_threshold, Mapping):
+            return [abstain_threshold.get(name, -1.0) for name in self._labels]
+        return [abstain_threshold] * len(self._labels)
 
     def warm_up(self) -> None:
         """Run one tiny batch so the first real request does not pay for lazy initialisation."""

@@ -1,7 +1,7 @@
 """api keys
 
 Revision ID: 65f8d3a41a84
-Revises: c4b11f5c1853
+Revises: 3677907d0e3a
 Create Date: 2026-11-26 11:10:47.232500
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 import app.db.base
 
 revision = '65f8d3a41a84'
-down_revision = 'c4b11f5c1853'
+down_revision = '3677907d0e3a'
 branch_labels = None
 depends_on = None
 

@@ -39,3 +39,24 @@ def test_load_script_reports_requests_errors_and_memory(tmp_path: Path):
     figures = json.loads(out.read_text())
     assert figures["requests"] > 0 and figures["socket_errors"] == 0 and figures["non_2xx"] == 0
     assert figures["api_processes"] >= 2 and figures["api_rss_mib_before"] > 0
+
+
+def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path):
+    folder = tmp_path / "data" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "train.csv").write_bytes(tiny_dataset_csv())
+    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    out = tmp_path / "serving.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "serving.py"), "--quick", "--models", "2",
+                          "--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--spec", '{"epochs": 1}',
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [row["connections"] for row in report["latency"]] == [1, 16, 64]
+    for row in report["latency"]:
+        assert row["predict"]["errors"] == 0 and row["predict"]["rps"] > 0 and row["healthz"]["rps"] > 0
+    assert [row["texts_per_request"] for row in report["batches"]] == [1, 32, 256]
+    assert all(row["errors"] == 0 and row["in_process_texts_per_s"] > 0 for row in report["batches"])
+    assert len(report["memory"]["2 models"]) == 2 and report["loaded_sessions"] == 4
+    assert "not_measured" in report["mlflow"]
+    assert "predict / floor" in run.stdout

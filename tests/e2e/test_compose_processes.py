@@ -33,7 +33,7 @@ def test_compose_roles_run_as_processes(tmp_path: Path, processes, pg_url, redis
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
     settings = make_settings(tmp_path, DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url)
-    env = child_env(settings)
+    env = {**child_env(settings), "LOG_FORMAT": "json"}  # as compose sets it
     for name in ("migrate", "api", "worker", "reaper"):
         for key in services[name]["environment"]:  # every variable compose sets is one we set here too
             assert key in env, key
