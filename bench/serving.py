@@ -328,7 +328,9 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")}
     # Room for every model in each worker's cache, so the memory figure counts them all.
     env.update(TEXTCLF_DATA_DIR=str(workdir / "data"), API_WORKERS=str(args.workers),
-               MODEL_CACHE_SIZE=str(max(8, args.models)), PYTHONPATH=str(ROOT))
+               MODEL_CACHE_SIZE=str(max(8, args.models)), PYTHONPATH=str(ROOT),
+               # The benchmark measures serving, not the key check's database read or the rate limiter.
+               AUTH_REQUIRED="false", RATE_LIMIT_ENABLED="false")
     settings = Settings(TEXTCLF_DATA_DIR=workdir / "data", API_WORKERS=args.workers)
     settings.data_dir.mkdir(parents=True)
     upgrade(settings.database_url)
