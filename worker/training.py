@@ -247,6 +247,9 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
                     session.flush()
                     done = jobs.finish_job(session=session, job_id=job_id, status=JobStatus.succeeded,
                                            metrics=metrics, model_id=model_id, worker_id=owner,
+                                           # the whole history: epoch-end writes lost to a database
+                                           # outage would otherwise leave it short
+                                           history=result.history,
                                            progress={**_last_progress(result, spec), "stage": "done",
                                                      "percent": 100.0, "eta_seconds": 0.0})
                     if not done:

@@ -164,7 +164,7 @@ def get_status(*, session: Session, job_id: uuid.UUID) -> str | None:
 def finish_job(*, session: Session, job_id: uuid.UUID, status: JobStatus, metrics: dict[str, Any] | None = None,
                model_id: uuid.UUID | None = None, error_code: str | None = None,
                error_message: str | None = None, progress: dict[str, Any] | None = None,
-               worker_id: str | None = None) -> bool:
+               history: list[dict[str, Any]] | None = None, worker_id: str | None = None) -> bool:
     """Move a running (or cancelling) job to a terminal status; False if it was no longer active (or, with
     `worker_id`, no longer that worker's)."""
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
@@ -176,6 +176,8 @@ def finish_job(*, session: Session, job_id: uuid.UUID, status: JobStatus, metric
         values.update(error_code=error_code, error_message=error_message)
     if progress is not None:
         values["progress"] = progress
+    if history is not None:
+        values["history"] = history
     result = session.execute(
         update(TrainingJob)
         .where(*_owned(job_id, worker_id))

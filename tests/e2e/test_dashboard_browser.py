@@ -124,7 +124,7 @@ def test_dashboard_pages_in_chromium(tmp_path, processes, browser):
 
     # API docs: Swagger UI from the package's files draws every operation of /openapi.json
     paths = requests.get(f"{base}/openapi.json", timeout=10).json()["paths"]
-    operations = sum(method in {"get", "post", "put", "delete"} for item in paths.values() for method in item)
+    operations = sum(method in {"get", "post", "put", "patch", "delete"} for item in paths.values() for method in item)
     browser.get(f"{base}/docs")
     assert len(wait_count(browser, ".opblock", operations)) == operations
     shots.append(screenshot(browser, "docs"))
