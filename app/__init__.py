@@ -31,6 +31,13 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     extensions.init_app(app, settings, session_factory=session_factory)
     errors_http.init_app(app)
     middleware.init_app(app)
+    if settings.cors_origin_list:
+        from flask_cors import CORS
+
+        # Only the API, only the listed origins; the key travels in a header, never in cookies.
+        CORS(app, resources={r"/v1/*": {"origins": settings.cors_origin_list}},
+             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+             expose_headers=["X-Request-ID", "Retry-After", "Location"], max_age=600)
     auth.init_app(app, settings)  # before the rate limiter: limits count per authenticated key
     ratelimit.init_app(app, settings)
     for module in (health, metrics, datasets, jobs, models, keys, openapi, web):

@@ -93,7 +93,8 @@ def _deny(status: int, code: ErrorCode, message: str, challenge: str, details=No
 def authenticate() -> Response | None:
     """before_request: let the request through, or answer 401/403 in the JSON error shape."""
     g.api_key = None
-    if is_public(request.path) or not state().settings.auth_required:
+    # OPTIONS (a browser's CORS preflight) carries no credentials by design and returns no data.
+    if is_public(request.path) or request.method == "OPTIONS" or not state().settings.auth_required:
         return None
     secret = bearer_token()
     if secret is None:

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         True, validation_alias="AUTH_REQUIRED",
         description="Every endpoint but the health probes, the documents and the dashboard shell needs an API key; "
                     "false serves everyone (printed loudly at start).")
+    cors_origins: str = Field(
+        "", validation_alias="CORS_ORIGINS",
+        description="Comma-separated browser origins (e.g. https://app.example.com) allowed to call /v1 from their "
+                    "pages; empty (the default) sends no CORS headers, so browsers allow same-origin calls only.")
     rate_limit_enabled: bool = Field(True, validation_alias="RATE_LIMIT_ENABLED",
                                      description="Per-key rate limits (RATE_LIMIT_*); false turns them off.")
     rate_limit_storage_url: str = Field(
@@ -157,6 +161,10 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.artifact_dir / "datasets"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def models_dir(self) -> Path:

@@ -309,3 +309,34 @@ def test_epochs_and_model_size_above_the_servers_ceilings_are_422(tmp_path: Path
             assert locs(error) == [["model"]]
         small = {"dataset_id": dataset_id, "epochs": 5, "tokenizer": {"vocab_size": 5000}}
         assert api.post("/v1/jobs", json=small).status_code == 202
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CORS: off by default, on for the origins CORS_ORIGINS lists
+
+
+@pytest.mark.parametrize("keyed", ["sqlite"], indirect=True)
+def test_cors_is_off_by_default(keyed: KeyedApi):
+    key = keyed.make_key("read")
+    resp = keyed.call("GET", "/v1/jobs", key, headers={"Origin": "https://app.example.com"})
+    assert resp.status_code == 200 and "Access-Control-Allow-Origin" not in resp.headers
+
+
+def test_cors_answers_listed_origins_only_and_the_preflight_needs_no_key(tmp_path: Path):
+    settings = sqlite_settings(tmp_path, AUTH_REQUIRED=True, CORS_ORIGINS="https://app.example.com, http://x.test")
+    with running_api(settings) as (api, sessionmaker):
+        keyed = KeyedApi(api, sessionmaker)
+        key = keyed.make_key("read")
+        preflight = api.open("OPTIONS", "/v1/jobs", headers={
+            "Origin": "https://app.example.com", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "Authorization"})
+        assert preflight.status_code == 200
+        assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+        assert not preflight.get_data()  # a preflight returns no data
+        ok = keyed.call("GET", "/v1/jobs", key, headers={"Origin": "http://x.test"})
+        assert ok.status_code == 200 and ok.headers["Access-Control-Allow-Origin"] == "http://x.test"
+        other = keyed.call("GET", "/v1/jobs", key, headers={"Origin": "https://evil.test"})
+        assert "Access-Control-Allow-Origin" not in other.headers
+        # The key is still needed for the request itself, whatever the origin.
+        assert_error(keyed.call("GET", "/v1/jobs", None, headers={"Origin": "http://x.test"}), 401, "unauthorized")
