@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.chaos import tiny_csv  # noqa: E402
-from bench.services import _children, free_port  # noqa: E402
+from bench.services import children, free_port  # noqa: E402
 
 TEXT = "the striker scored a late goal in the final"
 
@@ -38,10 +38,10 @@ TEXT = "the striker scored a late goal in the final"
 def api_pids(serve_pid: int) -> list[int]:
     """gunicorn's master and workers under `textclf serve`."""
     out = []
-    for pid in _children(serve_pid):
+    for pid in children(serve_pid):
         try:
             if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                out += [pid, *_children(pid)]
+                out += [pid, *children(pid)]
         except OSError:
             continue
     return out

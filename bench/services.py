@@ -176,21 +176,26 @@ class Stack:
     def training_pids(self) -> list[int]:
         """The worker's pool processes (where jobs train)."""
         worker = self.procs.get("worker")
-        return _children(worker.pid) if worker is not None else []
+        return children(worker.pid) if worker is not None else []
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop(proc)
 
 
-def _children(pid: int) -> list[int]:
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM a process group started with start_new_session, SIGKILL it after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (read from /proc)."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -199,4 +204,4 @@ def _children(pid: int) -> list[int]:
                     out.append(int(entry.name))
             except (OSError, IndexError, ValueError):
                 continue
-    return out
+    return sorted(out)

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.datasets import read_csv  # noqa: E402
+from bench.services import children, stop  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets"
 RESULTS = ROOT / "bench" / "results"
@@ -70,28 +71,6 @@ def wait_ok(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
             pass
         time.sleep(0.3)
     raise SystemExit(f"{url} not ready after {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return sorted(out)
 
 
 def cpu_seconds(pid: int) -> float:
