@@ -8,7 +8,11 @@ nor public needs `admin`, so a new endpoint is closed until someone decides who 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import OperationalError
@@ -90,6 +94,54 @@ def _deny(status: int, code: ErrorCode, message: str, challenge: str, details=No
     return response
 
 
+@dataclass(frozen=True)
+class Caller:
+    """A verified key: what the rest of a request needs of it (the rate limiter counts per id)."""
+
+    id: uuid.UUID
+    prefix: str
+    scopes: tuple[str, ...]
+
+
+class KeyCache:
+    """Keys verified in the last `ttl_s` seconds, by hash, in this process: a predict then costs no database read
+    for the key (about as much as the model call itself). The price: a key revoked from elsewhere (another API
+    process, `textclf keys revoke`) keeps working here for at most `ttl_s` seconds; a revoke through this
+    process's API takes effect at once. ttl_s = 0 checks the database on every request."""
+
+    MAX_ENTRIES = 10_000  # past this many distinct keys, start over rather than grow without bound
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[float, Caller]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Caller | None:
+        item = self._items.get(digest)
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+    def put(self, digest: str, caller: Caller) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._items) >= self.MAX_ENTRIES:
+                self._items.clear()
+            self._items[digest] = (time.monotonic() + self.ttl_s, caller)
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        with self._lock:
+            self._items = {d: item for d, item in self._items.items() if item[1].id != key_id}
+
+
+def key_cache() -> KeyCache:
+    """This app's cache (one per process and app)."""
+    from flask import current_app
+
+    return current_app.extensions["textclf_key_cache"]
+
+
 def authenticate() -> Response | None:
     """before_request: let the request through, or answer 401/403 in the JSON error shape."""
     g.api_key = None
@@ -100,18 +152,24 @@ def authenticate() -> Response | None:
     if secret is None:
         return _deny(401, ErrorCode.unauthorized, "An API key is required: send 'Authorization: Bearer <key>'.",
                      REALM)
-    session = get_session()
-    key = api_keys.find_active_key(session=session, secret=secret)
-    if key is None:
-        return _deny(401, ErrorCode.unauthorized, "The API key is not valid (unknown or revoked).",
-                     f'{REALM}, error="invalid_token"')
-    g.api_key = key
-    try:
-        if api_keys.touch_key(session=session, key=key):
-            session.commit()
-    except OperationalError as exc:  # last_used_at is a hint: a locked database must not fail the request
-        session.rollback()
-        log.warning("could not record use of key %s: %s", key.prefix, exc.__class__.__name__)
+    cache = key_cache()
+    digest = api_keys.hash_key(secret)
+    caller = cache.get(digest)
+    if caller is None:
+        session = get_session()
+        key = api_keys.find_active_key(session=session, secret=secret)
+        if key is None:
+            return _deny(401, ErrorCode.unauthorized, "The API key is not valid (unknown or revoked).",
+                         f'{REALM}, error="invalid_token"')
+        try:
+            if api_keys.touch_key(session=session, key=key):
+                session.commit()
+        except OperationalError as exc:  # last_used_at is a hint: a locked database must not fail the request
+            session.rollback()
+            log.warning("could not record use of key %s: %s", key.prefix, exc.__class__.__name__)
+        caller = Caller(id=key.id, prefix=key.prefix, scopes=tuple(key.scopes))
+        cache.put(digest, caller)
+    g.api_key = key = caller
     needed = required_scope(request.method, request.url_rule.rule if request.url_rule else None)
     if not allows(key.scopes, needed):
         return _deny(403, ErrorCode.forbidden, f"This API key lacks the '{needed}' scope.",
@@ -124,4 +182,5 @@ def init_app(app: Flask, settings: Settings) -> None:
     """Register the hook (before the rate limiter's, so limits count per key). Auth off is logged loudly."""
     if not settings.auth_required:
         log.warning("AUTH_REQUIRED is false: every endpoint is open to anyone who can reach this server")
+    app.extensions["textclf_key_cache"] = KeyCache(settings.auth_cache_seconds)
     app.before_request(authenticate)

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         True, validation_alias="AUTH_REQUIRED",
         description="Every endpoint but the health probes, the documents and the dashboard shell needs an API key; "
                     "false serves everyone (printed loudly at start).")
+    auth_cache_seconds: float = Field(
+        5.0, ge=0.0, le=300.0, validation_alias="AUTH_CACHE_SECONDS",
+        description="Seconds each API process trusts a key it verified (no database read per request); a key "
+                    "revoked elsewhere works in a process for at most this long. 0 checks every request.")
     cors_origins: str = Field(
         "", validation_alias="CORS_ORIGINS",
         description="Comma-separated browser origins (e.g. https://app.example.com) allowed to call /v1 from their "

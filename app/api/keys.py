@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint
 
 from app.api.common import json_body, page_args, parse, parse_uuid
+from app.auth import key_cache
 from app.db import api_keys
 from app.db.models import ApiKey
 from app.errors import ErrorCode, ServiceError
@@ -46,5 +47,6 @@ def revoke_key(key_id: str):
     if key is None:
         raise ServiceError(ErrorCode.not_found, f"No API key with id {key_id}.", 404)
     session.commit()
+    key_cache().forget(key.id)  # at once in this process; others within AUTH_CACHE_SECONDS
     log.info("API key %s (%s) revoked", key.prefix, key.name)
     return "", 204

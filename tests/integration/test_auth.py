@@ -186,7 +186,8 @@ def test_last_used_at_is_written_at_most_once_a_minute(keyed: KeyedApi):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def cli_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterator[dict]:
-    settings = _settings(request, tmp_path)
+    # No key cache: the CLI revokes from outside the API process, and the test expects the 401 at once.
+    settings = _settings(request, tmp_path, AUTH_CACHE_SECONDS=0)
     env = {"TEXTCLF_DATA_DIR": str(settings.data_dir), "DATABASE_URL": settings.database_url,
            "AUTH_REQUIRED": "true"}
     for name, value in env.items():
@@ -340,3 +341,36 @@ def test_cors_answers_listed_origins_only_and_the_preflight_needs_no_key(tmp_pat
         assert "Access-Control-Allow-Origin" not in other.headers
         # The key is still needed for the request itself, whatever the origin.
         assert_error(keyed.call("GET", "/v1/jobs", None, headers={"Origin": "http://x.test"}), 401, "unauthorized")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the per-process key cache (AUTH_CACHE_SECONDS)
+
+
+def test_a_verified_key_is_not_read_from_the_database_again_within_the_cache_time(tmp_path: Path, monkeypatch):
+    with running_api(sqlite_settings(tmp_path, AUTH_REQUIRED=True, AUTH_CACHE_SECONDS=60)) as (api, sm):
+        keyed = KeyedApi(api, sm)
+        key = keyed.make_key("read")
+        assert keyed.call("GET", "/v1/jobs", key).status_code == 200
+
+        def no_database(**_):
+            raise AssertionError("the key was read from the database again")
+
+        monkeypatch.setattr(api_keys, "find_active_key", no_database)
+        for _ in range(3):
+            assert keyed.call("GET", "/v1/jobs", key).status_code == 200
+        assert_error(keyed.call("POST", "/v1/jobs", key, json={}), 403, "forbidden")  # scopes come from the cache
+
+
+def test_a_key_revoked_elsewhere_stops_working_once_the_cache_time_has_passed(tmp_path: Path):
+    import time
+
+    with running_api(sqlite_settings(tmp_path, AUTH_REQUIRED=True, AUTH_CACHE_SECONDS=0.5)) as (api, sm):
+        keyed = KeyedApi(api, sm)
+        key = keyed.make_key("read")
+        assert keyed.call("GET", "/v1/jobs", key).status_code == 200
+        with sm.begin() as session:  # as `textclf keys revoke` or another API process would
+            api_keys.revoke_key(session=session, key_id=api_keys.find_active_key(session=session, secret=key).id)
+        assert keyed.call("GET", "/v1/jobs", key).status_code == 200  # still trusted by this process, briefly
+        time.sleep(0.6)
+        assert_error(keyed.call("GET", "/v1/jobs", key), 401, "unauthorized")
