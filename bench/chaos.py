@@ -27,7 +27,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.services import PrivatePostgres, PrivateRedis, Stack  # noqa: E402
+from bench.services import PrivatePostgres, PrivateRedis, Stack, wait_ok  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -79,13 +79,7 @@ def main() -> None:
     kills = 0
     try:
         stack.start_all()
-        for _ in range(300):
-            try:
-                if requests.get(f"{stack.base}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
+        wait_ok(f"{stack.base}/readyz", stack.procs["api"])
         up = requests.post(f"{stack.base}/v1/datasets", files={"file": ("chaos.csv", tiny_csv())}, timeout=30)
         up.raise_for_status()
         ids = []

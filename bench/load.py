@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.chaos import tiny_csv  # noqa: E402
-from bench.services import children, free_port  # noqa: E402
+from bench.services import children, free_port, wait_ok  # noqa: E402
 
 TEXT = "the striker scored a late goal in the final"
 
@@ -141,13 +141,7 @@ def main() -> None:
         serve = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        for _ in range(600):
-            try:
-                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
+        wait_ok(f"{base}/readyz", serve, timeout=180)
         dataset = requests.post(f"{base}/v1/datasets", files={"file": ("load.csv", tiny_csv())}, timeout=30).json()
         job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset["id"], "epochs": 2}, timeout=10).json()
         while (state := requests.get(f"{base}/v1/jobs/{job['id']}", timeout=10).json())["status"] not in (

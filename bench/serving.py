@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.datasets import read_csv  # noqa: E402
-from bench.services import children, stop  # noqa: E402
+from bench.services import children, free_port, stop, wait_ok  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets"
 RESULTS = ROOT / "bench" / "results"
@@ -49,28 +49,6 @@ ALIAS = "production"
 
 # ---------------------------------------------------------------------------------------------------------
 # processes
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ok(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[:4]} exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"{url} not ready after {timeout}s")
 
 
 def cpu_seconds(pid: int) -> float:
