@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 
 from celery import Celery
 from flask import Flask, current_app, g
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.broker import make_celery
@@ -14,6 +16,8 @@ from app.config import Settings
 from app.db.session import make_engine, make_sessionmaker
 from app.predictors import PredictorCache
 from app.serving import ModelDirectory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,5 +59,13 @@ def get_session() -> Session:
 
 def _close_session(_exc: BaseException | None) -> None:
     session = g.pop("db_session", None)
-    if session is not None:
+    if session is None:
+        return
+    try:
         session.close()
+    except DBAPIError:
+        # The rollback that closing does runs after the response is made; on a connection a database restart
+        # just cut it fails, and raising here would turn a finished reply into gunicorn's bare HTML 500.
+        # Dropping the connection is all that is left to do: the pool opens a fresh one for the next request.
+        log.warning("database connection lost while closing a session; discarding it")
+        session.invalidate()
