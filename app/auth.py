@@ -56,8 +56,8 @@ ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
 
 # Served to anyone: probes, the API description, the documentation and the dashboard's pages (app/web.py: static
 # shells holding no data, which then call /v1 with the key their user types in).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/", "/docs", "/models", "/try"})
-PUBLIC_PREFIXES = ("/docs/", "/static/", "/jobs/")
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/", "/docs", "/models", "/try", "/sweeps"})
+PUBLIC_PREFIXES = ("/docs/", "/static/", "/jobs/", "/sweeps/")
 
 REALM = 'Bearer realm="textclf"'
 

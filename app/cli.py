@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from app import client_cli
+from app import client_cli, sweep_cli
 from app.config import get_settings
 from app.keys_cli import bootstrap_admin_key, keys, warn_auth_off
 
@@ -162,8 +162,8 @@ class Supervisor:
         console.print("textclf stopped")
 
 
-# The client verbs (datasets, train, jobs, models, alias, predict) talk to a running server over HTTP.
-for _command in client_cli.COMMANDS:
+# The client verbs (datasets, train, jobs, sweep, models, alias, predict) talk to a running server over HTTP.
+for _command in [*client_cli.COMMANDS, sweep_cli.sweep]:
     main.add_command(_command)
 
 

@@ -110,7 +110,8 @@ def when(iso: str | None) -> str:
 
 
 def status_text(status: str) -> str:
-    colour = {"succeeded": "green", "failed": "red", "running": "cyan", "queued": "yellow"}.get(status, "white")
+    colour = {"succeeded": "green", "failed": "red", "running": "cyan", "queued": "yellow",
+              "pruned": "magenta"}.get(status, "white")
     return f"[{colour}]{status}[/{colour}]"
 
 
@@ -182,20 +183,29 @@ def datasets_list(as_json: bool, client: Client) -> None:
 # train
 
 
+def parse_value(raw: str) -> Any:
+    """'0.01' -> 0.01, 'true' -> True, 'null' -> None, '[3,4]' -> [3, 4]: JSON when it parses, text otherwise."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
 def parse_assignment(text: str) -> tuple[list[str], Any]:
     """'optimizer.lr=0.01' -> (['optimizer', 'lr'], 0.01); values are JSON when they parse, text otherwise."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise click.BadParameter(f"expected key=value, got {text!r}", param_hint="--set")
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    return key.split("."), value
+    return key.split("."), parse_value(raw)
 
 
 def build_spec(dataset_id: str, spec_file: Path | None, assignments: tuple[str, ...]) -> dict[str, Any]:
     """The training spec to post: the file's spec, then each --set, then the dataset id."""
+    return {**partial_spec(spec_file, assignments), "dataset_id": dataset_id}
+
+
+def partial_spec(spec_file: Path | None, assignments: tuple[str, ...]) -> dict[str, Any]:
+    """The file's spec (or {}) with each --set applied; a sweep posts it as its base."""
     spec: dict[str, Any] = {}
     if spec_file is not None:
         try:
@@ -212,7 +222,6 @@ def build_spec(dataset_id: str, spec_file: Path | None, assignments: tuple[str, 
             if not isinstance(node, dict):
                 raise click.BadParameter(f"{'.'.join(path)}: {part} is not an object", param_hint="--set")
         node[path[-1]] = value
-    spec["dataset_id"] = dataset_id
     return spec
 
 

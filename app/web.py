@@ -34,7 +34,9 @@ def _page(path: str) -> Response:
 @bp.get("/jobs/<job_id>")
 @bp.get("/models")
 @bp.get("/try")
-def dashboard(job_id: str | None = None) -> Response:
+@bp.get("/sweeps")
+@bp.get("/sweeps/<sweep_id>")
+def dashboard(job_id: str | None = None, sweep_id: str | None = None) -> Response:
     return _page("dashboard/index.html")
 
 

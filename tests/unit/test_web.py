@@ -11,7 +11,8 @@ from tests.conftest import make_settings
 pytestmark = pytest.mark.unit
 
 STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
-PAGES = ["/", "/models", "/try", "/jobs/0b7e5a52-8f43-4c55-9d8e-2f1f0a6e3c11", "/docs"]
+PAGES = ["/", "/models", "/try", "/jobs/0b7e5a52-8f43-4c55-9d8e-2f1f0a6e3c11", "/sweeps",
+         "/sweeps/5e1f0a52-8f43-4c55-9d8e-2f1f0a6e3c11", "/docs"]
 # The SVG namespace is an identifier, not something a browser fetches.
 ALLOWED_URLS = {"http://www.w3.org/2000/svg"}
 
@@ -46,6 +47,22 @@ def test_page_loads_only_local_files(client, path):
         if url.startswith("/") and not url.endswith(".json"):
             asset = fetch(client, url)
             assert asset.status_code == 200 and asset.get_data(), url
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_need_no_key_where_the_api_does(tmp_path, path):
+    """The pages hold no data (the API calls they make carry the user's key), so a browser can always load them."""
+    client = create_app(make_settings(tmp_path, AUTH_REQUIRED=True)).test_client()
+    assert fetch(client, path).status_code == 200
+    assert fetch(client, "/v1/jobs").status_code == 401
+
+
+def test_every_dashboard_page_is_in_the_navigation_and_routed_by_app_js():
+    html = (STATIC / "dashboard" / "index.html").read_text()
+    app_js = (STATIC / "dashboard" / "app.js").read_text()
+    for page in ("/models", "/try", "/sweeps"):
+        assert f'href="{page}"' in html and f'"{page}"' in app_js, page
+    assert r"/^\/sweeps\/([^/]+)$/" in app_js
 
 
 def test_own_scripts_and_styles_fetch_nothing_from_outside():

@@ -1,55 +1,10 @@
 // The dashboard: one small page per path, drawn from the JSON API. Plain ES modules, no build step.
-import { api, ApiError, getKey, setKey } from "./api.js";
+import { api, getKey, setKey } from "./api.js";
 import { heatmap, lineChart } from "./charts.js";
 import { duration, fixed, h, percent, progressBar, shortId, when } from "./dom.js";
+import { ALIAS_PATTERN, badge, ENDED, jobLink, main, poll, say, showError, table, tryLink } from "./page.js";
+import { sweepPage, sweepsPage } from "./sweeps.js";
 
-const main = document.getElementById("main");
-const notice = document.getElementById("notice");
-const POLL_MS = 2000;
-const ENDED = new Set(["succeeded", "failed", "cancelled"]);
-
-// ---------------------------------------------------------------------------------------------------------
-// shared pieces
-
-function say(message, kind = "error") {
-  notice.replaceChildren(message);
-  notice.className = kind;
-  notice.hidden = !message;
-}
-
-/** Shows what went wrong; a 401 says how to get a key rather than just "unauthorized". */
-function showError(error) {
-  if (error instanceof ApiError && error.status === 401) {
-    say(h("span", {}, "This server needs an API key. Paste one into the ", h("b", {}, "API key"),
-          " field above and press Save. A fresh ", h("code", {}, "textclf serve"), " writes an admin key to ",
-          h("code", {}, "<data dir>/admin.key"), ". (", error.message, ")"));
-  } else if (error instanceof ApiError) {
-    say(`${error.message} (HTTP ${error.status}, ${error.code})`);
-  } else {
-    say(`Cannot reach the server: ${error.message}`);
-  }
-}
-
-/** Runs `step` now and every POLL_MS until it returns false; errors are shown and polling goes on. */
-async function poll(step) {
-  for (;;) {
-    let again = true;
-    try {
-      again = (await step()) !== false;
-      if (notice.className === "error") say("");
-    } catch (error) {
-      showError(error);
-    }
-    if (!again) return;
-    await new Promise((resolve) => setTimeout(resolve, document.hidden ? POLL_MS * 5 : POLL_MS));
-  }
-}
-
-const badge = (status) => h("span", { class: `badge ${status}` }, status);
-const jobLink = (id) => h("a", { href: `/jobs/${id}`, class: "mono" }, shortId(id));
-const tryLink = (id, text) => (id ? h("a", { href: `/try?model=${id}`, class: "mono" }, text || shortId(id)) : "–");
-const table = (headers, rows, attrs = {}) =>
-  h("table", attrs, h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))), h("tbody", {}, rows));
 const lastEpoch = (job) => job.history[job.history.length - 1];
 
 // ---------------------------------------------------------------------------------------------------------
@@ -214,7 +169,7 @@ async function modelsPage() {
   const aliases = h("tbody");
   const select = h("select", { id: "alias-model" });
   const name = h("input", { id: "alias-name", placeholder: "default", required: true,
-                            pattern: "[A-Za-z0-9_.\\-]{1,64}" });
+                            pattern: ALIAS_PATTERN });
   const form = h("form", { id: "alias-form", class: "inline", onsubmit: async (event) => {
     event.preventDefault();
     try {
@@ -318,11 +273,15 @@ document.getElementById("key-form").addEventListener("submit", (event) => {
 
 const path = location.pathname;
 const jobMatch = path.match(/^\/jobs\/([^/]+)$/);
-const page = jobMatch ? "jobs" : path === "/models" ? "models" : path === "/try" ? "try" : "jobs";
+const sweepMatch = path.match(/^\/sweeps\/([^/]+)$/);
+const page = jobMatch ? "jobs" : sweepMatch || path === "/sweeps" ? "sweeps"
+  : path === "/models" ? "models" : path === "/try" ? "try" : "jobs";
 for (const link of document.querySelectorAll("nav a[data-page]")) {
   link.classList.toggle("active", link.dataset.page === page);
 }
 if (jobMatch) jobPage(decodeURIComponent(jobMatch[1]));
+else if (sweepMatch) sweepPage(decodeURIComponent(sweepMatch[1]));
+else if (page === "sweeps") sweepsPage();
 else if (page === "models") modelsPage();
 else if (page === "try") tryPage();
 else jobsPage();

@@ -31,14 +31,24 @@ function axis(lo, hi, count, clamp) {
   return { lo, hi, ticks };
 }
 
+// Ten well-separated colours (Tableau 10); past ten, hues a golden angle apart so neighbours still differ.
+const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+                 "#9c755f", "#bab0ac"];
+
+/** The colour of line `i` when a chart has one line per run (a sweep's children). */
+export const seriesColor = (i) => (i < PALETTE.length ? PALETTE[i] : `hsl(${(i * 137.508) % 360}, 62%, 45%)`);
+
 /**
  * A line chart of per-epoch values.
- * series: [{name, points: [[epoch, value], ...]}]; format: tick and tooltip text; clamp: [min, max] of the y axis.
+ * series: [{name, points: [[epoch, value], ...], color?, dashed?}]: without a colour, line i takes the style's
+ * class c<i>; format: tick and tooltip text; clamp: [min, max] of the y axis; legend: false when the page draws
+ * one legend for several charts.
  */
-export function lineChart({ title, series, format = (v) => String(Number(v.toPrecision(3))), clamp = null }) {
+export function lineChart({ title, series, format = (v) => String(Number(v.toPrecision(3))), clamp = null,
+                            legend: withLegend = true, wide = false }) {
   const points = series.flatMap((line) => line.points).filter((p) => Number.isFinite(p[1]));
   const root = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
-  const box = h("figure", { class: "chart-box" }, h("figcaption", {}, title), root);
+  const box = h("figure", { class: wide ? "chart-box wide" : "chart-box" }, h("figcaption", {}, title), root);
   if (!points.length) {
     root.append(s("text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle" }, "no epoch finished yet"));
     return box;
@@ -66,14 +76,17 @@ export function lineChart({ title, series, format = (v) => String(Number(v.toPre
     const pts = line.points.filter((p) => Number.isFinite(p[1]));
     if (!pts.length) return;
     const d = pts.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
-    root.append(s("path", { class: `series c${i}`, d, "data-name": line.name }));
+    const colour = line.color ? "" : ` c${i}`;
+    root.append(s("path", { class: `series${colour}${line.dashed ? " dashed" : ""}`, d, "data-name": line.name,
+                            style: line.color && { stroke: line.color } }));
     for (const p of pts) {
-      root.append(s("circle", { class: `dot c${i}`, cx: sx(p[0]), cy: sy(p[1]), r: 2.8 },
+      root.append(s("circle", { class: `dot${colour}`, cx: sx(p[0]), cy: sy(p[1]), r: 2.8,
+                                style: line.color && { stroke: line.color, fill: line.color } },
                     s("title", {}, `${line.name}, epoch ${p[0]}: ${format(p[1])}`)));
     }
-    legend.append(h("span", { class: `key c${i}` }, line.name));
+    legend.append(h("span", { class: `key${colour}`, style: line.color && { color: line.color } }, line.name));
   });
-  box.append(legend);
+  if (withLegend) box.append(legend);
   return box;
 }
 
