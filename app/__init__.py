@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     from flask import Flask
 
     from app import auth, errors_http, extensions, middleware, ratelimit, web
-    from app.api import datasets, health, jobs, keys, metrics, models, openapi
+    from app.api import datasets, health, jobs, keys, metrics, models, openapi, sweeps
     from app.config import get_settings
     from app.logs import configure_logging
 
@@ -40,6 +40,6 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
              expose_headers=["X-Request-ID", "Retry-After", "Location"], max_age=600)
     auth.init_app(app, settings)  # before the rate limiter: limits count per authenticated key
     ratelimit.init_app(app, settings)
-    for module in (health, metrics, datasets, jobs, models, keys, openapi, web):
+    for module in (health, metrics, datasets, jobs, sweeps, models, keys, openapi, web):
         app.register_blueprint(module.bp)
     return app

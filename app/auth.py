@@ -36,12 +36,16 @@ ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
     ("GET", "/v1/models/<model_id>/evaluation"): Scope.read,
     ("GET", "/v1/models/<model_id>/bundle"): Scope.read,
     ("GET", "/v1/aliases"): Scope.read,
+    ("GET", "/v1/sweeps"): Scope.read,
+    ("GET", "/v1/sweeps/<sweep_id>"): Scope.read,
     ("GET", "/metrics"): Scope.read,
     # train: data in, jobs started and stopped
     ("POST", "/v1/datasets"): Scope.train,
     ("DELETE", "/v1/datasets/<dataset_id>"): Scope.train,
     ("POST", "/v1/jobs"): Scope.train,
     ("POST", "/v1/jobs/<job_id>/cancel"): Scope.train,
+    ("POST", "/v1/sweeps"): Scope.train,
+    ("POST", "/v1/sweeps/<sweep_id>/cancel"): Scope.train,
     # predict
     ("POST", "/v1/models/<model_id>/predict"): Scope.predict,
     ("POST", "/v1/predict"): Scope.predict,
@@ -49,6 +53,7 @@ ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
     ("PATCH", "/v1/models/<model_id>"): Scope.admin,  # abstain thresholds change what others are served
     ("PUT", "/v1/aliases/<name>"): Scope.admin,
     ("DELETE", "/v1/aliases/<name>"): Scope.admin,
+    ("POST", "/v1/sweeps/<sweep_id>/promote"): Scope.admin,  # moves an alias
     ("GET", "/v1/keys"): Scope.admin,
     ("POST", "/v1/keys"): Scope.admin,
     ("DELETE", "/v1/keys/<key_id>"): Scope.admin,

@@ -39,9 +39,9 @@ def migrate() -> None:
 
 
 def worker_command(settings) -> list[str]:
-    """The Celery worker command line: one job at a time, a fresh process per job."""
+    """The Celery worker command line: WORKER_CONCURRENCY jobs at a time, a fresh process per job."""
     cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-           "--concurrency", "1", "--max-tasks-per-child", "1"]
+           "--concurrency", str(settings.worker_concurrency), "--max-tasks-per-child", "1"]
     if settings.celery_broker_url.startswith("filesystem"):
         # The filesystem transport has no fan-out exchange: gossip, mingle and heartbeats have nothing to ride on.
         cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -72,6 +73,16 @@ class Settings(BaseSettings):
     # A float32 parameter is 4 bytes: 100 M parameters is a 400 MB model, far above anything the presets make.
     max_model_params: int = Field(100_000_000, ge=10_000, validation_alias="MAX_MODEL_PARAMS",
                                   description="Largest model, in parameters estimated from the spec, a job may train.")
+    max_sweep_children: int = Field(64, ge=1, le=10_000, validation_alias="MAX_SWEEP_CHILDREN",
+                                    description="Most children (jobs) one sweep may have (422 above it).")
+    worker_concurrency: int = Field(
+        1, ge=1, le=64, validation_alias="WORKER_CONCURRENCY",
+        description="Jobs one `textclf worker` (and `textclf serve`) trains at once, each in its own process; "
+                    "sweeps use them for children in parallel. Keep 1 per GPU.")
+    torch_threads: int = Field(
+        0, ge=0, le=256, validation_alias="TORCH_THREADS",
+        description="CPU threads per training process; 0 means cores / WORKER_CONCURRENCY (two processes with a "
+                    "thread per core each would fight over the cores).")
     auth_required: bool = Field(
         True, validation_alias="AUTH_REQUIRED",
         description="Every endpoint but the health probes, the documents and the dashboard shell needs an API key; "
@@ -152,6 +163,13 @@ class Settings(BaseSettings):
         """(soft, hard) Celery time limits for a job: the spec's wish, capped by the server's ceiling."""
         soft = min(requested or self.job_max_runtime_seconds, self.job_max_runtime_seconds)
         return soft, soft + HARD_LIMIT_GRACE_S
+
+    def training_threads(self) -> int:
+        """torch's CPU threads in each training process."""
+        if self.torch_threads:
+            return self.torch_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.worker_concurrency)
 
     @property
     def is_sqlite(self) -> bool:

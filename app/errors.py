@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     onnx_parity_failed = "onnx_parity_failed"
     cuda_unavailable = "cuda_unavailable"
     training_error = "training_error"
+    pruned = "pruned"  # status pruned: the sweep's successive halving stopped the job
 
 
 class ServiceError(Exception):

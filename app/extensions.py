@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -16,6 +17,7 @@ from app.config import Settings
 from app.db.session import make_engine, make_sessionmaker
 from app.predictors import PredictorCache
 from app.serving import ModelDirectory
+from app.tasks import TRAIN_TASK
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,12 @@ class State:
     @cached_property
     def celery(self) -> Celery:
         return make_celery(self.settings)
+
+    def send_job(self, job_id: uuid.UUID, max_runtime: int | None) -> None:
+        """Put a training job's message on the broker; the task id is the job id."""
+        soft, hard = self.settings.time_limits(max_runtime)
+        self.celery.send_task(TRAIN_TASK, args=[str(job_id)], task_id=str(job_id), soft_time_limit=soft,
+                              time_limit=hard)
 
     @cached_property
     def predictors(self) -> PredictorCache:

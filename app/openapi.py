@@ -10,12 +10,13 @@ from pydantic.json_schema import models_json_schema
 from app import __version__
 from app.auth import is_public
 from app.spec import (ALIAS_PATTERN, AliasRead, AliasSet, ApiKeyCreate, ApiKeyCreated, ApiKeyRead, DatasetCreate,
-                      DatasetRead, EvaluationRead, JobRead, ModelRead, ModelUpdate, PredictRequest, PredictResponse,
-                      TrainingSpec)
+                      DatasetRead, EvaluationRead, JobRead, JobStatus, ModelRead, ModelUpdate, PredictRequest,
+                      PredictResponse, TrainingSpec)
+from app.sweeps import SweepCreate, SweepPromote, SweepPromoted, SweepRead
 
 _MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, ModelUpdate,
                                   PredictRequest, PredictResponse, AliasSet, AliasRead, EvaluationRead, ApiKeyCreate,
-                                  ApiKeyRead, ApiKeyCreated]
+                                  ApiKeyRead, ApiKeyCreated, SweepCreate, SweepRead, SweepPromote, SweepPromoted]
 REF = "#/components/schemas/{model}"
 
 _ERROR = {
@@ -111,7 +112,7 @@ def build_openapi() -> dict[str, Any]:
                      "responses": {"202": {"description": "Queued", **_json(_ref("JobRead"))},
                                    **_errors(400, 415, 422, 503)}},
             "get": {"summary": "List jobs", "parameters": [*_PAGING, {"name": "status", "in": "query", "schema": {
-                "type": "string", "enum": ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]}}],
+                "type": "string", "enum": [status.value for status in JobStatus]}}],
                 "responses": {"200": {"description": "A page", **_json(_page("JobRead"))}, **_errors(422)}},
         },
         "/v1/jobs/{job_id}": {"parameters": [_path_id("job_id")], "get": {
@@ -121,6 +122,27 @@ def build_openapi() -> dict[str, Any]:
             "summary": "Cancel a job (queued: at once; running: within about a second)",
             "responses": {"200": {"description": "Cancelled", **_json(_ref("JobRead"))},
                           "202": {"description": "Cancelling", **_json(_ref("JobRead"))}, **_errors(404, 409)}}},
+        "/v1/sweeps": {
+            "post": {"summary": "Start a sweep: one job per grid combination or random draw, max_parallel at a time",
+                     "parameters": [_IDEMPOTENCY], "requestBody": {"required": True, **_json(_ref("SweepCreate"))},
+                     "responses": {"202": {"description": "Queued", **_json(_ref("SweepRead"))},
+                                   **_errors(400, 415, 422)}},
+            "get": {"summary": "List sweeps (without per-epoch histories)", "parameters": _PAGING,
+                    "responses": {"200": {"description": "A page", **_json(_page("SweepRead"))}, **_errors(422)}},
+        },
+        "/v1/sweeps/{sweep_id}": {"parameters": [_path_id("sweep_id")], "get": {
+            "summary": "A sweep: status, leaderboard, best child and every child's per-epoch history",
+            "parameters": [{"name": "history", "in": "query", "schema": {"type": "boolean"},
+                            "description": "false leaves the per-epoch histories out."}],
+            "responses": {"200": {"description": "Found", **_json(_ref("SweepRead"))}, **_errors(404)}}},
+        "/v1/sweeps/{sweep_id}/cancel": {"parameters": [_path_id("sweep_id")], "post": {
+            "summary": "Cancel every child not finished; no further child starts",
+            "responses": {"202": {"description": "Cancelling", **_json(_ref("SweepRead"))}, **_errors(404)}}},
+        "/v1/sweeps/{sweep_id}/promote": {"parameters": [_path_id("sweep_id")], "post": {
+            "summary": "Point an alias at the best child's model",
+            "requestBody": {"required": True, **_json(_ref("SweepPromote"))},
+            "responses": {"200": {"description": "Promoted", **_json(_ref("SweepPromoted"))},
+                          **_errors(400, 404, 409, 415, 422)}}},
         "/v1/models": {"get": {"summary": "List models", "parameters": _PAGING, "responses": {
             "200": {"description": "A page", **_json(_page("ModelRead"))}, **_errors(422)}}},
         "/v1/models/{model_id}": {

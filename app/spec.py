@@ -279,9 +279,10 @@ class JobStatus(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    pruned = "pruned"  # stopped by its sweep's successive halving (error.message says when and why)
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.pruned})
 
 
 class _Read(BaseModel):

@@ -19,6 +19,12 @@ def train_model(self, job_id: str) -> str:
     token = job_id_var.set(job_id)  # every log record of this job carries its id
     try:
         return run_training(sessionmaker=SessionLocal, settings=settings, job_id=uuid.UUID(job_id),
-                            worker_id=self.request.hostname or "worker")
+                            worker_id=self.request.hostname or "worker", send=send_job)
     finally:
         job_id_var.reset(token)
+
+
+def send_job(job_id: uuid.UUID, max_runtime: int | None) -> None:
+    """Put a training job's message on the broker (a sweep's next child, sent as the previous one ends)."""
+    soft, hard = settings.time_limits(max_runtime)
+    celery.send_task(TRAIN_TASK, args=[str(job_id)], task_id=str(job_id), soft_time_limit=soft, time_limit=hard)

@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import ingest
 from app.config import Settings
-from app.db import jobs, registry
+from app.db import jobs, registry, sweeps
 from app.db.datasets import get_dataset, records_path
-from app.db.models import Model
+from app.db.models import Model, Sweep
 from app.errors import ErrorCode
 from app.ml.predictor import OnnxPredictor
+from app.reaper import dispatch_sweeps
 from app.spec import JobStatus, TrainingSpec
+from app.sweeps import Pruning, prune_decision
 from worker.ml.checkpoint import CheckpointStore, fingerprint
 from worker.ml.evaluation import evaluate
 
@@ -41,6 +44,14 @@ class JobCancelled(Exception):
     """The user cancelled the job while it ran."""
 
 
+class JobPruned(Exception):
+    """The job's sweep stopped it: it fell clearly behind its siblings at a milestone epoch."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class JobFailed(Exception):
     """A failure that belongs to the job (bad data, divergence, parity), not to the infrastructure."""
 
@@ -51,39 +62,103 @@ class JobFailed(Exception):
 
 
 def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.UUID,
-                 worker_id: str = "worker") -> str:
-    """Claim, train, export, check and register; returns the job's final status (or 'skipped')."""
+                 worker_id: str = "worker", send: Callable[[uuid.UUID, int | None], None] | None = None) -> str:
+    """Claim, train, export, check and register; returns the job's final status (or 'skipped').
+
+    `send` puts a job's message on the broker: when this job is a sweep's child, the next waiting children
+    are sent with it as this one ends.
+    """
     owner = f"{worker_id}:{os.getpid()}"
     with sessionmaker.begin() as session:
-        if not jobs.claim_job(session=session, job_id=job_id, worker_id=owner):
-            log.info("job %s: not queued any more, skipping this delivery", job_id)
-            return "skipped"
+        claimed = jobs.claim_job(session=session, job_id=job_id, worker_id=owner)
         job = jobs.get_job(session=session, job_id=job_id)
-        spec = TrainingSpec.model_validate(job.spec)  # never trust a stored dict
-        dataset = get_dataset(session=session, dataset_id=spec.dataset_id)
-        dataset_sha256 = dataset.sha256 if dataset else None
+        sweep_id = job.sweep_id if job is not None else None
+        if claimed:
+            spec = TrainingSpec.model_validate(job.spec)  # never trust a stored dict
+            dataset = get_dataset(session=session, dataset_id=spec.dataset_id)
+            dataset_sha256 = dataset.sha256 if dataset else None
+            pruner = SweepPruner.for_job(session, job, spec, sessionmaker)
+    if not claimed:
+        log.info("job %s: not queued any more, skipping this delivery", job_id)
+        _next_children(sessionmaker, sweep_id, send)  # e.g. a child cancelled before it started freed a slot
+        return "skipped"
     log.info("job %s: claimed", job_id)
     checkpoint = CheckpointStore(settings.jobs_dir / str(job_id),
                                  fingerprint(spec.model_dump(mode="json"), dataset_sha256))
     try:
         with JobHeartbeat(sessionmaker, job_id, owner, interval_s=settings.job_heartbeat_timeout / 5):
-            status = _run(sessionmaker, settings, job_id, owner, spec, dataset_sha256, checkpoint)
+            status = _run(sessionmaker, settings, job_id, owner, spec, dataset_sha256, checkpoint, pruner)
     except OperationalError:
         raise  # infrastructure: the job is re-queued, and the next attempt resumes from the last checkpoint
     except BaseException:
         checkpoint.clear()
         raise
-    # Every other way out is final (succeeded, failed, cancelled): the checkpoint is of no more use. A SIGKILL
-    # never gets here, which is the point: the next attempt resumes from it.
+    # Every other way out is final (succeeded, failed, cancelled, pruned): the checkpoint is of no more use.
+    # A SIGKILL never gets here, which is the point: the next attempt resumes from it.
     checkpoint.clear()
+    _next_children(sessionmaker, sweep_id, send)
     return status
 
 
+def _next_children(sm: sessionmaker[Session], sweep_id: uuid.UUID | None,
+                   send: Callable[[uuid.UUID, int | None], None] | None) -> None:
+    """This child's slot is free: start the sweep's next waiting children. Best effort: the reaper repeats it."""
+    if sweep_id is None or send is None:
+        return
+    try:
+        dispatch_sweeps(sessionmaker=sm, send=send, sweep_ids=[sweep_id])
+    except Exception as exc:
+        log.warning("sweep %s: next children not started (%s); the reaper will start them", sweep_id,
+                    type(exc).__name__)
+
+
+class SweepPruner:
+    """Successive halving for one sweep child: after each milestone epoch, compare the child with its siblings
+    (app.sweeps.prune_decision) and, if it is clearly behind, ask training to stop."""
+
+    def __init__(self, sm: sessionmaker[Session], job_id: uuid.UUID, sweep_id: uuid.UUID, metric: str,
+                 pruning: Pruning, total_epochs: int) -> None:
+        self.sm, self.job_id, self.sweep_id, self.metric = sm, job_id, sweep_id, metric
+        self.pruning, self.total_epochs = pruning, total_epochs
+        self.checked_epochs = 0
+        self.reason: str | None = None
+
+    @classmethod
+    def for_job(cls, session: Session, job, spec: TrainingSpec, sm: sessionmaker[Session]) -> SweepPruner | None:
+        sweep = session.get(Sweep, job.sweep_id) if job.sweep_id is not None else None
+        if sweep is None or not sweep.request.get("pruning"):
+            return None
+        return cls(sm, job.id, sweep.id, sweep.metric, Pruning.model_validate(sweep.request["pruning"]), spec.epochs)
+
+    def after_epoch(self, history: list[dict[str, Any]]) -> None:
+        epoch = len(history)
+        # Each epoch is judged once; the last epoch never (stopping a finished run saves nothing).
+        if epoch <= self.checked_epochs or epoch >= self.total_epochs or self.reason is not None:
+            return
+        self.checked_epochs = epoch
+        if epoch not in self.pruning.milestones:
+            return
+        try:
+            with self.sm() as session:
+                peers = sweeps.sibling_histories(session=session, sweep_id=self.sweep_id, job_id=self.job_id)
+        except OperationalError:
+            return  # a database blip: keep training rather than decide on nothing
+        self.reason = prune_decision(history, peers, epoch=epoch, metric=self.metric, pruning=self.pruning)
+        if self.reason:
+            log.info("job %s: %s", self.job_id, self.reason)
+
+
 def _run(sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.UUID, owner: str,
-         spec: TrainingSpec, dataset_sha256: str | None, checkpoint: CheckpointStore) -> str:
+         spec: TrainingSpec, dataset_sha256: str | None, checkpoint: CheckpointStore,
+         pruner: SweepPruner | None = None) -> str:
     try:
         model_id, metrics = _train_and_register(sessionmaker, settings, job_id, owner, spec, dataset_sha256,
-                                                checkpoint)
+                                                checkpoint, pruner)
+    except JobPruned as exc:
+        with sessionmaker.begin() as session:
+            jobs.finish_job(session=session, job_id=job_id, status=JobStatus.pruned, error_code=ErrorCode.pruned,
+                            error_message=exc.reason, progress={"stage": "pruned"}, worker_id=owner)
+        return JobStatus.pruned
     except JobCancelled:
         log.info("job %s cancelled", job_id)
         with sessionmaker.begin() as session:
@@ -149,9 +224,14 @@ def _fail(sm: sessionmaker[Session], job_id: uuid.UUID, owner: str, code: ErrorC
 def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: uuid.UUID, owner: str,
                         spec: TrainingSpec,
                         dataset_sha256: str | None,
-                        checkpoint: CheckpointStore) -> tuple[uuid.UUID, dict[str, Any]]:
+                        checkpoint: CheckpointStore,
+                        pruner: SweepPruner | None = None) -> tuple[uuid.UUID, dict[str, Any]]:
     # torch is imported here, inside the task process, never in the Celery parent (CUDA and fork don't mix).
     import torch
+
+    # Each of the worker's WORKER_CONCURRENCY processes gets its share of the cores: oversubscribed threads
+    # made epochs several times slower on our 2-core machine.
+    torch.set_num_threads(settings.training_threads())
 
     from worker.ml.export import ParityError, check_parity, export_onnx
     from worker.ml.train import (CudaUnavailable, SpecDataMismatch, TrainingCancelled, TrainingDiverged,
@@ -178,17 +258,25 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
         now = time.monotonic()
         if len(history) == epochs_written and now - last_write < PROGRESS_INTERVAL_S:
             return
+        new_epoch = len(history) > epochs_written
         last_write, epochs_written = now, len(history)
         _write_progress(sm, job_id, owner, {k: v for k, v in progress.items() if k != "history"}, history=history)
+        if new_epoch and pruner is not None:
+            pruner.after_epoch(history)  # after the write: siblings judge this child by the stored history
+
+    def should_stop() -> bool:
+        return (pruner is not None and pruner.reason is not None) or _cancel_requested(sm, job_id)
 
     try:
         result = train(spec, texts, labels, label_names=label_names, device=device, on_progress=on_progress,
-                       should_stop=lambda: _cancel_requested(sm, job_id), checkpoint=checkpoint)
+                       should_stop=should_stop, checkpoint=checkpoint)
     except TrainingDiverged as exc:
         raise JobFailed(ErrorCode.training_diverged,
                         f"The loss became NaN or infinite ({exc}); lower the learning rate or clip gradients.") \
             from None
     except TrainingCancelled:
+        if pruner is not None and pruner.reason is not None:
+            raise JobPruned(pruner.reason) from None
         raise JobCancelled() from None
     except SpecDataMismatch as exc:
         raise JobFailed(ErrorCode.spec_data_mismatch, str(exc)) from None

@@ -15,9 +15,9 @@ from app.db import datasets, jobs
 from app.db.models import IdempotencyKey, TrainingJob
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
+from app.reaper import dispatch_sweeps
 from app.model_size import spec_params
 from app.spec import JobRead, JobStatus, TrainingSpec
-from app.tasks import TRAIN_TASK
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
@@ -35,14 +35,7 @@ def create_job():
     session = get_session()
     if stored := idempotency.replay(session, "jobs", key, request_hash):
         return stored
-    for field in ("dataset_id", "test_dataset_id"):
-        dataset_id = getattr(spec, field)
-        if dataset_id is not None and datasets.get_dataset(session=session, dataset_id=dataset_id) is None:
-            raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
-                               [{"loc": [field], "msg": "dataset not found", "type": "not_found"}])
-    labels = datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels
-    _check_label_keys(spec, labels)
-    _check_ceilings(spec, num_classes=len(labels), settings=state().settings)
+    check_spec(session, spec)
     job = jobs.create_job(session=session, spec=spec)
     body, location = job_json(job), f"/v1/jobs/{job.id}"
     idempotency.remember(session, "jobs", key, request_hash, body, 202, location)
@@ -55,9 +48,7 @@ def create_job():
         raise
     # Enqueue only after commit, so the worker always finds the row. The task id is the job id.
     try:
-        soft, hard = state().settings.time_limits(spec.max_runtime_seconds)
-        state().celery.send_task(TRAIN_TASK, args=[str(job.id)], task_id=str(job.id), soft_time_limit=soft,
-                                 time_limit=hard)
+        state().send_job(job.id, spec.max_runtime_seconds)
     except Exception:
         log.exception("could not enqueue job %s", job.id)
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.endpoint == "jobs", IdempotencyKey.key == key))
@@ -67,6 +58,24 @@ def create_job():
                            503) from None
     log.info("job %s queued on dataset %s", job.id, spec.dataset_id)
     return body, 202, {"Location": location}
+
+
+def check_spec(session, spec: TrainingSpec, loc: tuple = ()) -> None:
+    """What the schema cannot know: the datasets exist, per-label settings name their labels, and the spec
+    stays under this server's ceilings (422 otherwise; `loc` prefixes the error locations)."""
+    for field in ("dataset_id", "test_dataset_id"):
+        dataset_id = getattr(spec, field)
+        if dataset_id is not None and datasets.get_dataset(session=session, dataset_id=dataset_id) is None:
+            raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
+                               [{"loc": [*loc, field], "msg": "dataset not found", "type": "not_found"}])
+    labels = datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels
+    try:
+        _check_label_keys(spec, labels)
+        _check_ceilings(spec, num_classes=len(labels), settings=state().settings)
+    except ServiceError as exc:
+        if loc and isinstance(exc.details, list):
+            exc.details = [{**d, "loc": [*loc, *d["loc"]]} for d in exc.details]
+        raise
 
 
 def _over_ceiling(field: str, message: str, ceiling: int) -> ServiceError:
@@ -138,7 +147,17 @@ def cancel_job(job_id: str):
     session.commit()
     job = jobs.get_job(session=session, job_id=uid)
     session.refresh(job)
+    if job.sweep_id is not None and status == JobStatus.cancelled:
+        _start_next_children(job.sweep_id)
     if status not in (JobStatus.cancelled, JobStatus.cancelling):
         raise ServiceError(ErrorCode.conflict, f"Job {job_id} already ended ({status}); nothing to cancel.", 409,
                            {"status": status})
     return job_json(job), 202 if status == JobStatus.cancelling else 200
+
+
+def _start_next_children(sweep_id) -> None:
+    """A sweep child cancelled before it ran may have held a slot: start the next one (else the reaper will)."""
+    try:
+        dispatch_sweeps(sessionmaker=state().session_factory, send=state().send_job, sweep_ids=[sweep_id])
+    except Exception:
+        log.exception("sweep %s: could not start its next children; the reaper will", sweep_id)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 
 from flask import Blueprint, request, send_file
 
 from app import bundle, metrics
 from app.api.common import json_body, page_args, parse, parse_uuid
 from app.db import jobs, registry
-from app.db.models import Model
+from app.db.models import Model, ModelAlias
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
 from app.ml.predictor import OnnxPredictor
@@ -162,13 +163,18 @@ def set_alias(name: str):
     if registry.get_model(session=session, model_id=body.model_id) is None:
         raise ServiceError(ErrorCode.validation_error, f"No model with id {body.model_id}.", 422,
                            [{"loc": ["model_id"], "msg": "model not found", "type": "not_found"}])
-    # Load and warm the new model here before the alias moves, so a model that cannot load is never served;
-    # the other API processes warm it up before they switch (app/serving.py).
-    _predictor(state().directory.model(get_session, body.model_id))
-    alias = registry.set_alias(session=session, name=name, model_id=body.model_id)
-    session.commit()
+    return AliasRead.model_validate(move_alias(name, body.model_id)).model_dump(mode="json")
+
+
+def move_alias(name: str, model_id: uuid.UUID) -> ModelAlias:
+    """Point alias `name` at an existing model and commit. The model is loaded and warmed here before the alias
+    moves, so a model that cannot load is never served; the other API processes warm it up before they switch
+    (app/serving.py)."""
+    _predictor(state().directory.model(get_session, model_id))
+    alias = registry.set_alias(session=get_session(), name=name, model_id=model_id)
+    get_session().commit()
     state().directory.forget(alias=name)
-    return AliasRead.model_validate(alias).model_dump(mode="json")
+    return alias
 
 
 @bp.delete("/aliases/<name>")

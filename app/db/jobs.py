@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import TrainingJob, WorkerHeartbeat
 from app.spec import JobStatus, TrainingSpec
+from app.sweeps import spec_hash
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
 
@@ -26,6 +27,7 @@ def create_job(*, session: Session, spec: TrainingSpec) -> TrainingJob:
         progress={"stage": "queued", "total_epochs": spec.epochs},
         history=[],
         attempts=0,
+        spec_hash=spec_hash(spec),
     )
     session.add(job)
     session.flush()
@@ -151,8 +153,11 @@ def reap_stale_jobs(*, session: Session, stale_after_s: float,
 
 
 def queued_jobs(*, session: Session) -> list[tuple[uuid.UUID, int | None]]:
-    """[(id, max_runtime_seconds)] of every queued job, oldest first (to send their messages again)."""
-    rows = session.execute(select(TrainingJob.id, TrainingJob.spec).where(TrainingJob.status == JobStatus.queued)
+    """[(id, max_runtime_seconds)] of every queued job that was sent, oldest first (to send their messages again).
+    A sweep's children still waiting for a slot were never sent; their sweep's dispatch sends them."""
+    rows = session.execute(select(TrainingJob.id, TrainingJob.spec)
+                           .where(TrainingJob.status == JobStatus.queued,
+                                  or_(TrainingJob.sweep_id.is_(None), TrainingJob.sent_at.is_not(None)))
                            .order_by(TrainingJob.created_at))
     return [(job_id, spec.get("max_runtime_seconds")) for job_id, spec in rows]
 

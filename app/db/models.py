@@ -1,4 +1,4 @@
-"""The tables: datasets, training jobs, models, aliases and API keys."""
+"""The tables: datasets, training jobs, sweeps, models, aliases and API keys."""
 
 from __future__ import annotations
 
@@ -52,12 +52,39 @@ class TrainingJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What makes two jobs the same run (app.sweeps.spec_hash): a sweep reuses an identical succeeded job.
+    spec_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    # A sweep's child: its sweep and place in it. Children are sent to the broker only as slots free up
+    # (max_parallel); sent_at says which queued children already were.
+    sweep_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    sweep_index: Mapped[int | None] = mapped_column(Integer)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def error(self) -> dict[str, str] | None:
         if self.error_code is None:
             return None
         return {"code": self.error_code, "message": self.error_message or ""}
+
+
+class Sweep(Base):
+    """Many jobs from one request (app/sweeps.py). Its status is derived from its children's, not stored."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str | None] = mapped_column(String(200))
+    dataset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
+    # The request as validated (SweepCreate), for showing the grid/space back and re-running it.
+    request: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    metric: Mapped[str] = mapped_column(String(32))
+    max_parallel: Mapped[int] = mapped_column(Integer)
+    # [{"params": {...}, "job_id": str, "duplicate_of": int | None, "reused": bool}] in child order.
+    children: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Written by every dispatch first: the row lock makes concurrent dispatchers of one sweep take turns.
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Model(Base):
