@@ -358,14 +358,16 @@ def sweep_show(sweep_id: str | None, limit: int, watch: bool, as_json: bool, cli
     page = client.get("/v1/sweeps", params={"limit": limit})
     if as_json:
         return print_json(page)
-    table = Table(id_column(), "name", Column("status", no_wrap=True), "search", "children", "metric", "best",
-                  "created", caption=f"newest first, {len(page['items'])} of {page['total']}; "
-                                     "`textclf sweep ID` shows one")
+    table = Table(id_column(), Column("name", overflow="fold", min_width=6), Column("status", min_width=9),
+                  Column("children", min_width=11), Column("best", min_width=5), "created", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False,
+                  caption=f"newest first, {len(page['items'])} of {page['total']}; `textclf sweep ID` shows one")
     for item in page["items"]:
         best = item.get("best")
-        table.add_row(item["id"], escape(item.get("name") or "–"), status_text(item["status"]), item["search"],
-                      counts_text(item["counts"]), item["metric"], fmt(best.get(item["metric"])) if best else "–",
-                      when(item["created_at"]))
+        table.add_row(item["id"], escape(item.get("name") or "–"), status_text(item["status"]),
+                      f"{item['search']}: {counts_text(item['counts'])}",
+                      f"{fmt(best.get(item['metric']))} {item['metric']}" if best else "–",
+                      when(item["created_at"])[:16])
     out.print(table)
 
 

@@ -1,4 +1,5 @@
-"""The `textclf` client verbs against a real `textclf serve`: upload, train --watch, jobs, models, alias, predict."""
+"""The `textclf` client verbs against a real `textclf serve`: upload, train --watch, jobs, models, alias, predict;
+sweep create --watch, show, promote, cancel."""
 
 import json
 import os
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, start_serve, tiny_dataset_csv
+from tests.conftest import ROOT, start_serve, tiny_dataset_csv, upload_tiny
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -66,3 +67,57 @@ def test_cli_story(tmp_path, processes):
     assert missing.returncode == 1 and "No alias named 'nope'" in missing.stderr
     done = textclf(base, "jobs", "cancel", job_id, ok=False)
     assert done.returncode == 1 and "already ended" in done.stderr
+
+
+def test_sweep_cli_story(tmp_path, processes):
+    base, _, _ = start_serve(tmp_path, processes)
+    dataset_id = upload_tiny(base)
+
+    # a grid of two optimizers, watched to the end: the last leaderboard on stderr, the best child on stdout
+    run = textclf(base, "sweep", "create", dataset_id, "--grid", "optimizer.name=sgd,adam", "--set", "epochs=2",
+                  "--set", "batch_size=8", "--set", "test_split=0.2", "--name", "tiny-opt", "--watch")
+    sweep_id = next(line.split()[1].rstrip(":") for line in run.stderr.splitlines() if line.startswith("sweep "))
+    assert "leaderboard (val_macro_f1, higher is better)" in run.stderr
+    sweep = json.loads(textclf(base, "sweep", "show", sweep_id, "--json").stdout)
+    assert sweep["status"] == "succeeded" and sweep["name"] == "tiny-opt"
+    assert sweep["grid"] == {"optimizer.name": ["sgd", "adam"]}
+    assert sweep["base"] == {"epochs": 2, "batch_size": 8, "test_split": 0.2}
+    assert [(c["params"], c["status"], len(c["history"])) for c in sweep["children"]] == [
+        ({"optimizer.name": "sgd"}, "succeeded", 2), ({"optimizer.name": "adam"}, "succeeded", 2)]
+    best = sweep["best"]
+    assert f"best: child #{best['index']} optimizer.name={best['params']['optimizer.name']}" in run.stdout
+    assert best["model_id"] in run.stdout
+
+    listed = textclf(base, "sweep").stdout
+    assert sweep_id in listed and "tiny-opt" in listed and "succeeded" in listed
+    board = textclf(base, "sweep", sweep_id).stdout
+    rows = [line.split() for line in board.splitlines() if line.split()[2:3] in (["sgd"], ["adam"])]
+    assert sorted(row[2] for row in rows) == ["adam", "sgd"] and all(row[3] == "succeeded" for row in rows)
+    assert rows[0][:3] == ["1", str(best["index"]), best["params"]["optimizer.name"]]
+
+    # promote: the alias serves the best child's model
+    promoted = textclf(base, "sweep", "promote", sweep_id, "prod").stdout
+    assert f"alias prod -> {best['model_id']} (child #{best['index']})" in promoted
+    reply = json.loads(textclf(base, "predict", "the striker scored a late goal", "--alias", "prod", "--json").stdout)
+    assert reply["model_id"] == best["model_id"]
+
+    # a random search, cancelled before any child can finish: watching it ends with status 1, nothing to promote
+    created = json.loads(textclf(base, "sweep", "create", dataset_id, "--random", "3", "--space",
+                                 "optimizer.lr=log:1e-3:1e-1", "--space", "optimizer.name=adam,sgd", "--seed", "1",
+                                 "--set", "epochs=20", "--set", "batch_size=8", "--json").stdout)
+    assert created["search"] == "random" and len(created["children"]) == 3
+    for child in created["children"]:
+        assert 1e-3 <= child["params"]["optimizer.lr"] <= 0.1 and child["params"]["optimizer.name"] in ("adam", "sgd")
+    cancelled = textclf(base, "sweep", "cancel", created["id"]).stdout
+    assert f"sweep {created['id']} cancel" in cancelled
+    watched = textclf(base, "sweep", "show", created["id"], "--watch", "--json", ok=False)
+    assert watched.returncode == 1
+    final = json.loads(watched.stdout)
+    assert final["status"] == "cancelled" and {c["status"] for c in final["children"]} == {"cancelled"}
+    refused = textclf(base, "sweep", "promote", created["id"], "prod", ok=False)
+    assert refused.returncode == 1 and "(HTTP 409, conflict)" in refused.stderr
+
+    # a key that is no spec field: the API's 422 names it, nothing is created
+    bad = textclf(base, "sweep", "create", dataset_id, "--grid", "optimizer.nme=sgd,adam", ok=False)
+    assert bad.returncode == 1 and "validation_error" in bad.stderr and "optimizer.nme" in bad.stderr
+    assert json.loads(textclf(base, "sweep", "--json").stdout)["total"] == 2

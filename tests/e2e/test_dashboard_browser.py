@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium against a real `textclf serve`: every page loads and draws (learning
-curves, confusion-matrix heatmap, per-class table, aliases, Swagger UI), a typed sentence is classified, and a
-screenshot of each page is saved under tests/artifacts/screenshots/ (TEST_ARTIFACT_DIR overrides the folder)."""
+curves, confusion-matrix heatmap, per-class table, aliases, Swagger UI, a sweep's leaderboard and overlaid curves),
+a typed sentence is classified, and a screenshot of each page is saved under tests/artifacts/screenshots/
+(TEST_ARTIFACT_DIR overrides the folder)."""
 
 import base64
 import os
@@ -58,6 +59,12 @@ def screenshot(driver, name: str) -> Path:
     path.write_bytes(base64.b64decode(shot["data"]))
     print(f"screenshot: {path}")
     return path
+
+
+def text_of(driver, css: str) -> str | None:
+    """The text of the first match, read in one script call: a page that redraws as it polls replaces its
+    elements, so a handle found a moment earlier may be gone by the time its text is asked for."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return e && e.textContent;", css)
 
 
 def assert_no_console_errors(driver) -> None:
@@ -132,3 +139,85 @@ def test_dashboard_pages_in_chromium(tmp_path, processes, browser):
 
     for path in shots:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+SWEEP_EPOCHS = 3
+OPTIMIZERS = ["sgd", "momentum", "adam"]
+
+
+def test_sweep_pages_in_chromium(tmp_path, processes, browser):
+    """A grid of three optimizers: the leaderboard and one curve per child, live until the end; promote refused
+    while no child has a model, then done through the form. The page's screenshot is the README's picture."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, _ = start_serve(tmp_path, processes)
+    dataset_id = upload_tiny(base)
+    reply = requests.post(f"{base}/v1/sweeps", timeout=30, json={
+        "dataset_id": dataset_id, "name": "tiny-optimizers", "grid": {"optimizer.name": OPTIMIZERS},
+        "base": {"epochs": SWEEP_EPOCHS, "batch_size": 8, "test_split": 0.2}})
+    assert reply.status_code == 202, reply.text
+    sweep_id = reply.json()["id"]
+    page = f"{base}/sweeps/{sweep_id}"
+
+    # while it runs: every child is listed at once, Cancel is offered, and promoting is refused with the API's reason
+    browser.get(page)
+    assert len(wait_count(browser, "#leaderboard tbody tr", len(OPTIMIZERS))) == len(OPTIMIZERS)
+    assert browser.find_element(By.ID, "sweep-cancel").is_displayed()
+    # Training a child (a fresh process importing torch, epochs, ONNX export) takes seconds; the refusal takes ms.
+    assert requests.get(f"{base}/v1/sweeps/{sweep_id}?history=false", timeout=10).json()["best"] is None
+    browser.find_element(By.ID, "promote-alias").send_keys("prod")
+    browser.find_element(By.CSS_SELECTOR, "#promote-form button[type=submit]").click()
+    WebDriverWait(browser, 10).until(lambda d: "(HTTP 409, conflict)" in d.find_element(By.ID, "notice").text)
+    assert "error" in browser.find_element(By.ID, "notice").get_attribute("class")
+    # The refused request is the only console error Chromium logs (as a failed resource load).
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors and all("/promote" in e and "409" in e for e in errors), errors
+
+    # the list: the row turns `succeeded` without a reload, with the best child's metric
+    browser.get(f"{base}/sweeps")
+    row = f'#sweeps tr[data-sweep="{sweep_id}"]'
+    wait_count(browser, row)
+    WebDriverWait(browser, 600, poll_frequency=1).until(lambda d: text_of(d, f"{row} .badge") == "succeeded")
+    sweep = requests.get(f"{base}/v1/sweeps/{sweep_id}", timeout=10).json()
+    best = sweep["best"]
+    assert f"{best['val_macro_f1']:.3f}" in text_of(browser, f"{row} td.best")
+    assert "tiny-optimizers" in text_of(browser, row)
+    shots = [screenshot(browser, "sweeps")]
+    assert_no_console_errors(browser)
+
+    # the sweep page once it ended: the leaderboard in rank order, one line per child in each chart
+    browser.get(page)
+    rows = wait_count(browser, '#leaderboard tbody tr[data-status="succeeded"]', len(OPTIMIZERS))
+    ranked = sorted(sweep["children"], key=lambda c: c["rank"])
+    assert [r.get_attribute("data-child") for r in rows] == [str(c["index"]) for c in ranked]
+    assert rows[0].find_elements(By.CSS_SELECTOR, "td")[0].text == "1"
+    assert f"optimizer.name={ranked[0]['params']['optimizer.name']}" in rows[0].text
+    assert f"{ranked[0]['val_macro_f1']:.3f}" in rows[0].find_element(By.CSS_SELECTOR, "td.metric").text
+    metric = '#sweep-curves figure[data-chart="metric"]'
+    loss = '#sweep-curves figure[data-chart="loss"]'
+    lines = wait_count(browser, f"{metric} path.series", len(OPTIMIZERS))
+    assert len(lines) == len(OPTIMIZERS)
+    assert len(browser.find_elements(By.CSS_SELECTOR, f"{metric} circle.dot")) == len(OPTIMIZERS) * SWEEP_EPOCHS
+    # loss: train (dashed) and validation per child, in the child's colour
+    assert len(browser.find_elements(By.CSS_SELECTOR, f"{loss} path.series")) == 2 * len(OPTIMIZERS)
+    assert len(browser.find_elements(By.CSS_SELECTOR, f"{loss} path.series.dashed")) == len(OPTIMIZERS)
+    colours = {line.value_of_css_property("stroke") for line in lines}
+    assert len(colours) == len(OPTIMIZERS)
+    legend = [key.text for key in browser.find_elements(By.CSS_SELECTOR, "#sweep-legend .key")]
+    assert legend == [f"#{i} optimizer.name={name}" for i, name in enumerate(OPTIMIZERS)]
+    assert not browser.find_element(By.ID, "sweep-cancel").is_displayed()
+
+    # promote through the form: the alias now serves the best child's model
+    browser.find_element(By.ID, "promote-alias").send_keys("prod")
+    browser.find_element(By.CSS_SELECTOR, "#promote-form button[type=submit]").click()
+    WebDriverWait(browser, 30).until(lambda d: "Alias prod now points" in d.find_element(By.ID, "notice").text)
+    aliases = requests.get(f"{base}/v1/aliases", timeout=10).json()["items"]
+    assert [(a["name"], a["model_id"]) for a in aliases] == [("prod", best["model_id"])]
+    shots.append(screenshot(browser, "sweep"))
+    assert_no_console_errors(browser)
+
+    for path in shots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    # The README shows this page.
+    shutil.copyfile(shots[-1], ROOT / "docs" / "dashboard-sweep.png")

@@ -24,8 +24,9 @@ function countsText(counts) {
   return parts.join(" · ") || "none";
 }
 
+// From the children, not `counts`: counts has one entry per distinct job, and duplicate children share a job.
 function doneShare(sweep) {
-  const done = DONE.reduce((sum, status) => sum + (sweep.counts[status] || 0), 0);
+  const done = sweep.children.filter((child) => DONE.includes(child.status)).length;
   return sweep.children.length ? (100 * done) / sweep.children.length : 0;
 }
 
