@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.services import PrivatePostgres, PrivateRedis, Stack, wait_ok  # noqa: E402
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "pruned")
 
 
 def tiny_csv() -> bytes:

@@ -254,3 +254,57 @@ def test_the_heartbeat_thread_keeps_a_long_step_alive_and_stops_with_the_job(pg)
         time.sleep(0.5)  # a long export: no progress is written, the thread beats
     with sm() as s:
         assert jobs.get_job(session=s, job_id=job_id).heartbeat_at > old + timedelta(minutes=59)
+
+
+def queue_sweep(settings, sm, *, grid: dict, **fields):
+    """A sweep on the tiny dataset, stored the way POST /v1/sweeps stores it (children queued, none sent)."""
+    from app.db import sweeps
+    from app.sweeps import SweepCreate, child_specs
+
+    parsed = ingest.parse_upload(tiny_dataset_csv(), filename="d.csv", content_type=None,
+                                 limits=ingest.Limits(max_rows=1000, max_text_chars=1000, max_labels=10))
+    with sm.begin() as s:
+        ds = add_dataset(session=s, settings=settings, name="tiny", parsed=parsed)
+        request = SweepCreate.model_validate({"dataset_id": str(ds.id), "grid": grid, **fields})
+        sweep = sweeps.create_sweep(session=s, request=request, children=child_specs(request))
+        return sweep.id, [uuid.UUID(c["job_id"]) for c in sweep.children]
+
+
+def test_a_sweep_child_clearly_behind_at_a_milestone_is_pruned_and_the_next_child_is_sent(pg):
+    settings, sm = pg
+    # Children 1 and 2 stand for siblings that already reached epoch 1 with a validation loss no real run
+    # reaches (0.0), so child 0, trained for real, is behind them whatever its loss: the decision is certain.
+    sweep_id, ids = queue_sweep(settings, sm, grid={"seed": [0, 1, 2, 3]}, base={"epochs": 4, "batch_size": 8},
+                                metric="val_loss", max_parallel=1,
+                                pruning={"milestones": [1], "keep_fraction": 0.5, "min_peers": 2})
+    with sm.begin() as s:
+        for job_id in ids[1:3]:
+            job = jobs.get_job(session=s, job_id=job_id)
+            job.status, job.history = "succeeded", [{"epoch": 1, "train_loss": 0.1, "val_loss": 0.0,
+                                                     "val_accuracy": 1.0, "val_macro_f1": 1.0, "lr": 0.1,
+                                                     "seconds": 1.0}]
+    sent: list[uuid.UUID] = []
+    status = run_training(sessionmaker=sm, settings=settings, job_id=ids[0], send=lambda j, r: sent.append(j))
+    assert status == "pruned"
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=ids[0])
+        assert job.status == "pruned" and job.error_code == "pruned" and job.model_id is None
+        assert "epoch 1" in job.error_message and "val_loss" in job.error_message
+        assert len(job.history) == 1 and job.progress["stage"] == "pruned"
+        assert s.query(Model).filter_by(job_id=ids[0]).count() == 0
+    assert not (settings.jobs_dir / str(ids[0])).exists()  # no checkpoint left behind
+    assert sent == [ids[3]]  # its slot went to the next waiting child
+
+
+def test_a_sweep_child_that_leads_is_not_pruned(pg):
+    settings, sm = pg
+    sweep_id, ids = queue_sweep(settings, sm, grid={"seed": [0, 1, 2]}, base={"epochs": 2, "batch_size": 8},
+                                metric="val_loss", max_parallel=1,
+                                pruning={"milestones": [1], "keep_fraction": 0.5, "min_peers": 2})
+    with sm.begin() as s:  # siblings far behind: a loss no run starts from
+        for job_id in ids[1:]:
+            job = jobs.get_job(session=s, job_id=job_id)
+            job.status, job.history = "succeeded", [{"epoch": 1, "train_loss": 9.0, "val_loss": 1e6,
+                                                     "val_accuracy": 0.0, "val_macro_f1": 0.0, "lr": 0.1,
+                                                     "seconds": 1.0}]
+    assert run_training(sessionmaker=sm, settings=settings, job_id=ids[0], send=lambda j, r: None) == "succeeded"
