@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Column, Table
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-ENDED = ("succeeded", "failed", "cancelled")
+ENDED = ("succeeded", "failed", "cancelled", "pruned")  # job statuses that never change again
 out = Console()  # tables and results: stdout
 err = Console(stderr=True)  # progress and messages: stderr, so `--json` output can be piped
 
@@ -325,7 +325,8 @@ def jobs() -> None:
 
 @jobs.command("show")
 @click.argument("job_id", required=False)
-@click.option("--status", type=click.Choice(["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]))
+@click.option("--status", type=click.Choice(["queued", "running", "cancelling", "succeeded", "failed", "cancelled",
+                                           "pruned"]))
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 200))
 @json_flag
 @connection

@@ -137,7 +137,7 @@ def build_openapi() -> dict[str, Any]:
             "responses": {"200": {"description": "Found", **_json(_ref("SweepRead"))}, **_errors(404)}}},
         "/v1/sweeps/{sweep_id}/cancel": {"parameters": [_path_id("sweep_id")], "post": {
             "summary": "Cancel every child not finished; no further child starts",
-            "responses": {"202": {"description": "Cancelling", **_json(_ref("SweepRead"))}, **_errors(404)}}},
+            "responses": {"202": {"description": "Cancelling", **_json(_ref("SweepRead"))}, **_errors(404, 409)}}},
         "/v1/sweeps/{sweep_id}/promote": {"parameters": [_path_id("sweep_id")], "post": {
             "summary": "Point an alias at the best child's model",
             "requestBody": {"required": True, **_json(_ref("SweepPromote"))},

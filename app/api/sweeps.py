@@ -95,6 +95,10 @@ def cancel_sweep(sweep_id: str):
     """No more children start; queued ones are cancelled, running ones stop within about a second."""
     sweep = _get(sweep_id)
     session = get_session()
+    status = sweeps.sweep_json(sweep, session, with_history=False)["status"]
+    if status in ("succeeded", "failed", "cancelled"):
+        raise ServiceError(ErrorCode.conflict, f"Sweep {sweep_id} already ended ({status}); nothing to cancel.", 409,
+                           {"status": status})
     sweeps.cancel_sweep(session=session, sweep_id=sweep.id)
     session.commit()
     session.refresh(sweep)

@@ -197,6 +197,9 @@ def test_cancelling_one_waiting_child_leaves_the_rest_running(sweep_api):
     body = api.get(f"/v1/sweeps/{sweep['id']}").get_json()
     assert body["status"] == "succeeded" and body["counts"]["cancelled"] == 1 and body["finished_at"]
     assert body["wall_seconds"] is not None and body["wall_seconds"] >= 0
+    # an ended sweep stays what it was
+    assert_error(api.post(f"/v1/sweeps/{sweep['id']}/cancel"), 409, "conflict", says=("already ended",))
+    assert api.get(f"/v1/sweeps/{sweep['id']}").get_json()["status"] == "succeeded"
 
 
 def test_promote_needs_a_succeeded_child_and_a_valid_alias(sweep_api):

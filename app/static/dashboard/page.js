@@ -5,7 +5,7 @@ import { h, shortId } from "./dom.js";
 export const main = document.getElementById("main");
 const notice = document.getElementById("notice");
 const POLL_MS = 2000;
-export const ENDED = new Set(["succeeded", "failed", "cancelled"]);
+export const ENDED = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 
 export function say(message, kind = "error") {
   notice.replaceChildren(message);
