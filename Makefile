@@ -11,7 +11,7 @@ TORCH_PIP_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test install install-test lint bench-accuracy gpu-check clean
+.PHONY: serve test install install-test lint bench-accuracy bench-sweep gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: $(VENV)/.installed-test
 bench-accuracy: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[worker,bench]"
 	$(BIN)/python bench/accuracy.py $(BENCH_ARGS)
+
+# A 12-child sweep (optimizers x schedules x batch norm) on TREC through the API, 2 children at a time and then
+# one after another; checks the leaderboard, prints the table, draws docs/sweep-trec.svg.
+bench-sweep: $(VENV)/.installed
+	$(BIN)/python bench/sweep.py $(BENCH_ARGS)
 
 gpu-check: $(VENV)/.installed
 	bash bench/gpu_check.sh

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,26 @@ def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path):
     assert len(report["memory"]["2 models"]) == 2 and report["loaded_sessions"] == 4
     assert "not_measured" in report["mlflow"]
     assert "predict / floor" in run.stdout
+
+
+def test_sweep_bench_runs_a_small_sweep_and_checks_its_leaderboard(tmp_path: Path):
+    folder = tmp_path / "data" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "train.csv").write_bytes(tiny_dataset_csv())
+    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    out, svg = tmp_path / "sweep.json", tmp_path / "sweep.svg"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep.py"), "--quick", "--no-baseline",
+                          "--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--out", str(out),
+                          "--svg", str(svg)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    [sweep] = report["runs"]
+    assert sweep["status"] == "succeeded" and sweep["counts"]["succeeded"] == 4 and sweep["agrees"]
+    assert sweep["parallel"] == 2 and sweep["wall_seconds"] > 0 and len(sweep["loadavg_before"]) == 3
+    assert sorted(sweep["leaderboard"]) == [0, 1, 2, 3]
+    for child in sweep["children"]:
+        assert child["history"] and child["epochs_run"] == 2 and child["test_accuracy"] is not None
+        assert child["test_accuracy_via_predict"] == pytest.approx(child["test_accuracy"], abs=1e-9)
+    assert "| rank | optimizer | schedule | batch norm |" in run.stdout and "agree" in run.stdout
+    lines = ET.parse(svg).getroot().findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == 2 * 4  # two panels, one curve per child
