@@ -60,12 +60,15 @@ def dataset_in_use(*, session: Session, dataset_id: uuid.UUID) -> bool:
 def claim_job(*, session: Session, job_id: uuid.UUID, worker_id: str) -> bool:
     """Move a queued job to running. False when another delivery already took it (or it ended)."""
     now = utcnow()
+    spec = session.scalar(select(TrainingJob.spec).where(TrainingJob.id == job_id)) or {}
     result = session.execute(
         update(TrainingJob)
         .where(TrainingJob.id == job_id, TrainingJob.status == JobStatus.queued)
         .values(status=JobStatus.running, attempts=TrainingJob.attempts + 1, worker_id=worker_id,
                 started_at=now, heartbeat_at=now,
-                progress={"stage": "starting"}, error_code=None, error_message=None)
+                # total_epochs from the start, so pollers never show "epoch 0/0" while the data loads
+                progress={"stage": "starting", "total_epochs": spec.get("epochs", 0)},
+                error_code=None, error_message=None)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
