@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from app.config import Settings
-from app.tasks import TRAINING_QUEUE
+from app.tasks import TRAIN_TASK, TRAINING_QUEUE
 
 
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
@@ -46,3 +46,13 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         worker_hijack_root_logger=False,
     )
     return celery
+
+
+def send_training_job(celery: Celery, settings: Settings, job_id, max_runtime: int | None, *,
+                      fresh_task_id: bool = False) -> None:
+    """Put a training job's message on the broker, with the job's time limits. The task id is the job id, unless
+    `fresh_task_id`: a re-sent job's old message may still be held by Celery as rejected (the claim makes any
+    duplicate harmless)."""
+    soft, hard = settings.time_limits(max_runtime)
+    celery.send_task(TRAIN_TASK, args=[str(job_id)], task_id=None if fresh_task_id else str(job_id),
+                     soft_time_limit=soft, time_limit=hard)

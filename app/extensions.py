@@ -12,12 +12,11 @@ from flask import Flask, current_app, g
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.broker import make_celery
+from app.broker import make_celery, send_training_job
 from app.config import Settings
 from app.db.session import make_engine, make_sessionmaker
 from app.predictors import PredictorCache
 from app.serving import ModelDirectory
-from app.tasks import TRAIN_TASK
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +32,7 @@ class State:
 
     def send_job(self, job_id: uuid.UUID, max_runtime: int | None) -> None:
         """Put a training job's message on the broker; the task id is the job id."""
-        soft, hard = self.settings.time_limits(max_runtime)
-        self.celery.send_task(TRAIN_TASK, args=[str(job_id)], task_id=str(job_id), soft_time_limit=soft,
-                              time_limit=hard)
+        send_training_job(self.celery, self.settings, job_id, max_runtime)
 
     @cached_property
     def predictors(self) -> PredictorCache:

@@ -11,9 +11,9 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.broker import send_training_job
 from app.config import Settings
 from app.db import jobs, sweeps
-from app.tasks import TRAIN_TASK
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ def reap_once(*, sessionmaker: sessionmaker[Session], celery: Celery, settings: 
         requeued, failed = jobs.reap_stale_jobs(session=session, stale_after_s=settings.job_heartbeat_timeout,
                                                 max_attempts=settings.job_max_attempts)
     for job_id, max_runtime in requeued:
-        # A new task id: Celery may still hold the old message as "rejected"; the claim makes duplicates harmless.
         _send(celery, settings, job_id, max_runtime)
         log.warning("job %s lost its worker; re-queued", job_id)
     for job_id in failed:
@@ -95,8 +94,8 @@ def dispatch_sweeps(*, sessionmaker: sessionmaker[Session], send: Callable[[uuid
 
 
 def _send(celery: Celery, settings: Settings, job_id: uuid.UUID, max_runtime: int | None) -> None:
-    soft, hard = settings.time_limits(max_runtime)
-    celery.send_task(TRAIN_TASK, args=[str(job_id)], soft_time_limit=soft, time_limit=hard)
+    # A new task id: Celery may still hold a re-queued job's old message as "rejected".
+    send_training_job(celery, settings, job_id, max_runtime, fresh_task_id=True)
 
 
 def run_forever(*, sessionmaker: sessionmaker[Session], celery: Celery, settings: Settings,

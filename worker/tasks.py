@@ -6,6 +6,7 @@ import uuid
 
 from sqlalchemy.exc import OperationalError
 
+from app.broker import send_training_job
 from app.logs import job_id_var
 from app.tasks import TRAIN_TASK
 from worker.celery_app import SessionLocal, celery, settings
@@ -26,5 +27,4 @@ def train_model(self, job_id: str) -> str:
 
 def send_job(job_id: uuid.UUID, max_runtime: int | None) -> None:
     """Put a training job's message on the broker (a sweep's next child, sent as the previous one ends)."""
-    soft, hard = settings.time_limits(max_runtime)
-    celery.send_task(TRAIN_TASK, args=[str(job_id)], task_id=str(job_id), soft_time_limit=soft, time_limit=hard)
+    send_training_job(celery, settings, job_id, max_runtime)
