@@ -17,11 +17,15 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         # producer and consumer meet; a short polling interval keeps job start latency low.
         folder = settings.broker_dir / "queue"
         processed = settings.broker_dir / "processed"
-        folder.mkdir(parents=True, exist_ok=True)
-        processed.mkdir(parents=True, exist_ok=True)
+        # Broadcasts (celery control, the worker's pidbox) go to control_folder, which kombu otherwise puts in
+        # the current directory.
+        control = settings.broker_dir / "control"
+        for path in (folder, processed, control):
+            path.mkdir(parents=True, exist_ok=True)
         transport_options = {
             "data_folder_in": str(folder), "data_folder_out": str(folder),
             "processed_folder": str(processed), "store_processed": False, "polling_interval": 0.2,
+            "control_folder": str(control),
         }
     else:
         # Redis re-delivers any message not acked within visibility_timeout; with acks_late a running job
