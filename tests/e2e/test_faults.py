@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_sigkill_of_the_training_process_mid_epoch_requeues_and_the_job_succeeds(tmp_path: Path, processes):
     base, serve, settings = start_serve(tmp_path, processes, JOB_HEARTBEAT_TIMEOUT="10", REAPER_INTERVAL="1")
-    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": upload_tiny(base), "epochs": 25, "batch_size": 4},
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": upload_tiny(base), "epochs": 25, "batch_size": 4,
+                                                 "early_stopping": None},
                         timeout=10).json()
 
     # Wait until it trains (an epoch is recorded), then SIGKILL the process doing the training.
@@ -76,7 +77,8 @@ def test_sigkill_during_onnx_export_registers_nothing_half_written_and_the_job_f
 
 def test_cancel_a_running_job_through_the_api_and_its_process_exits(tmp_path: Path, processes):
     base, serve, _ = start_serve(tmp_path, processes)
-    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": upload_tiny(base), "epochs": 200, "batch_size": 4},
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": upload_tiny(base), "epochs": 200, "batch_size": 4,
+                                                 "early_stopping": None},
                         timeout=10).json()
     wait_running(base, job["id"])
     trainer = children(worker_pid(serve.pid))
@@ -95,7 +97,7 @@ def test_cancel_a_running_job_through_the_api_and_its_process_exits(tmp_path: Pa
 def test_a_job_past_its_time_limit_fails_cleanly(tmp_path: Path, processes):
     base, _, settings = start_serve(tmp_path, processes)
     job = requests.post(f"{base}/v1/jobs", json={"dataset_id": upload_tiny(base), "epochs": 200, "batch_size": 4,
-                                                 "max_runtime_seconds": 10}, timeout=10).json()
+                                                 "early_stopping": None, "max_runtime_seconds": 10}, timeout=10).json()
     final = wait_job(base, job["id"], timeout=120)
     assert final["status"] == "failed" and final["error"]["code"] == "time_limit_exceeded", final
     assert final["model_id"] is None and 0 < len(final["history"]) < 200

@@ -82,7 +82,7 @@ def test_a_postgres_restart_gives_503s_then_recovers_by_itself_and_the_job_finis
     dataset = upload_tiny(base)
     first = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset, "epochs": 2}, timeout=10).json()
     model_id = wait_job(base, first["id"], timeout=180)["model_id"]
-    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset, "epochs": 30, "batch_size": 4},
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset, "epochs": 30, "batch_size": 4, "early_stopping": None},
                         timeout=10).json()
     wait_running(base, job["id"])
 

@@ -84,7 +84,7 @@ def test_a_grid_trains_in_parallel_and_its_leaderboard_agrees_with_the_children(
 
 def test_cancelling_a_sweep_midway_leaves_no_child_running_and_starts_none(service):
     base, dataset = service
-    body = {"dataset_id": dataset, "base": {"epochs": 40, "batch_size": 2}, "grid": {"seed": list(range(6))},
+    body = {"dataset_id": dataset, "base": {"epochs": 40, "batch_size": 2, "early_stopping": None}, "grid": {"seed": list(range(6))},
             "max_parallel": 2}
     sweep = requests.post(f"{base}/v1/sweeps", json=body, timeout=30).json()
     deadline = time.monotonic() + 120

@@ -136,7 +136,7 @@ def test_cancel_a_running_job_stops_it_within_seconds(pg):
     import time
 
     settings, sm = pg
-    job_id = queue_job(settings, sm, epochs=200)  # minutes of training if nothing stopped it
+    job_id = queue_job(settings, sm, epochs=200, early_stopping=None)  # minutes of training if nothing stopped it
     result: list[str] = []
     thread = threading.Thread(target=lambda: result.append(
         run_training(sessionmaker=sm, settings=settings, job_id=job_id)))

@@ -14,8 +14,24 @@ def spec(**fields):
 
 def test_dataset_id_alone_is_a_complete_spec():
     s = spec()
-    assert s.model.name == "textcnn" and s.optimizer.name == "adam" and s.optimizer.lr == DEFAULT_LR["adam"]
+    assert s.model.name == "textcnn" and s.optimizer.name == "adamw" and s.optimizer.lr == DEFAULT_LR["adamw"]
+    assert s.optimizer.weight_decay == 0.05
+    assert s.early_stopping is not None and s.early_stopping.patience == 2
     assert s.epochs >= 1 and 0 < s.validation_split < 1
+
+
+@pytest.mark.parametrize(("optimizer", "decay"), [
+    ({"name": "adamw"}, 0.05), ({"name": "adam"}, 0.0), ({"name": "sgd"}, 0.0),
+    ({"name": "adamw", "weight_decay": 0.0}, 0.0), ({"name": "sgd", "weight_decay": None}, 0.0),
+    ({"weight_decay": 0.2}, 0.2),
+])
+def test_weight_decay_defaults_per_method_and_an_explicit_value_wins(optimizer, decay):
+    assert spec(optimizer=optimizer).optimizer.weight_decay == decay
+
+
+def test_early_stopping_is_on_by_default_and_null_turns_it_off():
+    assert spec(early_stopping=None).early_stopping is None
+    assert spec(early_stopping={"patience": 5}).early_stopping.patience == 5
 
 
 @pytest.mark.parametrize("name", list(DEFAULT_LR))

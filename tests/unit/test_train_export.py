@@ -68,6 +68,7 @@ def tiny_spec(**overrides) -> TrainingSpec:
     model = {"embedding_dim": 16, "filter_sizes": [2, 3], "num_filters": 8, "ngram_buckets": 1000, "hidden_size": 8,
              **overrides.pop("model", {})}
     base = {"dataset_id": str(uuid.uuid4()), "epochs": 2, "batch_size": 8, "seed": 0, "device": "cpu",
+            "early_stopping": None,  # every epoch runs: tests count them
             "tokenizer": {"vocab_size": 100, "max_length": 32}, "model": model}
     return TrainingSpec.model_validate({**base, **overrides})
 
@@ -644,7 +645,7 @@ def test_bad_new_fields_are_validation_errors(fields, loc):
 def test_new_fields_default_to_off():
     spec = TrainingSpec(dataset_id=uuid.uuid4())
     assert spec.preset == "default" and spec.label_smoothing == 0.0 and spec.model.max_norm is None
-    assert spec.class_weights is spec.early_stopping is spec.augment is None
+    assert spec.class_weights is spec.augment is None
     assert spec.tokenizer.kind == "word" and spec.model.name == "textcnn"
     assert spec == TrainingSpec(dataset_id=spec.dataset_id, preset="default")
 
@@ -676,3 +677,27 @@ def test_bigru_recurrence_stays_fp32_under_autocast():
             mixed = net(ids, (ids != PAD_ID).long())
     assert torch.isfinite(mixed).all()
     torch.testing.assert_close(mixed.float(), fp32, atol=0.05, rtol=0.05)  # only the linear layers rounded
+
+
+def test_length_bucketing_keeps_every_row_once_and_pads_less():
+    from worker.ml.train import BUCKET_BATCHES, epoch_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 60, size=BUCKET_BATCHES * 8 * 3 + 5)  # short, varied texts: a partial last chunk
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))
+
+    def batches(bucket: bool, seed: int = 1) -> list[torch.Tensor]:
+        return epoch_batches(order, lengths, 8, merge_single=True, bucket=bucket,
+                             generator=torch.Generator().manual_seed(seed))
+
+    plain, bucketed = batches(False), batches(True)
+    assert len(bucketed) == len(plain)  # the same steps per epoch, so schedules and progress are unchanged
+    assert sorted(torch.cat(bucketed).tolist()) == list(range(len(lengths)))
+    assert all(len(b) >= 2 for b in bucketed)  # BatchNorm's rule: no batch of one
+
+    def padded(bs: list[torch.Tensor]) -> int:
+        return sum(int(lengths[b.numpy()].max()) * len(b) for b in bs)
+
+    assert padded(bucketed) < 0.6 * padded(plain)
+    assert [b.tolist() for b in batches(True)] == [b.tolist() for b in bucketed]  # seeded: reproducible
+    assert [b.tolist() for b in batches(True, seed=2)] != [b.tolist() for b in bucketed]  # batch order shuffled

@@ -31,6 +31,9 @@ PROGRESS_EVERY_S = 2.0
 CANCEL_CHECK_EVERY_S = 1.0
 # Batch size for validation passes: no gradients are kept, so larger batches cost little memory.
 EVAL_BATCH = 512
+# Length bucketing sorts this many batches' worth of shuffled rows at a time: enough that a batch's texts have
+# nearly the same length, few enough that every batch still mixes rows from all over the training set.
+BUCKET_BATCHES = 50
 
 
 class TrainingCancelled(Exception):
@@ -129,6 +132,26 @@ def _batches(order: torch.Tensor, batch_size: int, *, merge_single: bool) -> lis
     if merge_single and len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [torch.cat(batches[-2:])]
     return batches
+
+
+def epoch_batches(
+    order: torch.Tensor, lengths: np.ndarray, batch_size: int, *, merge_single: bool, bucket: bool,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    """One epoch's batches from a random permutation `order` of the training rows.
+
+    With `bucket`, each run of BUCKET_BATCHES batches' worth of rows is sorted by length before it is cut into
+    batches, and the batches are then shuffled: a batch is padded to its longest text, and random batches of
+    short, varied texts are mostly padding (3.4x the real tokens on SST-2 GLUE's phrases, 2x on TREC). The
+    batch count is the same either way.
+    """
+    if not bucket:
+        return _batches(order, batch_size, merge_single=merge_single)
+    batches: list[torch.Tensor] = []
+    for chunk in order.split(batch_size * BUCKET_BATCHES):
+        by_length = np.argsort(lengths[chunk.numpy()], kind="stable")  # ties keep their random order
+        batches += _batches(chunk[torch.from_numpy(by_length)], batch_size, merge_single=merge_single)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
 def _rows(
@@ -364,12 +387,17 @@ def _predict_logits(
     """Logits for every row, float32 [N, C], in eval mode."""
     model.eval()
     out = []
+    # Shortest texts first, so each batch is padded only to about its own length; results go back in row order.
+    by_length = np.argsort(lengths, kind="stable")
     for start in range(0, len(ids), EVAL_BATCH):
-        rows = np.arange(start, min(start + EVAL_BATCH, len(ids)))
+        rows = by_length[start : start + EVAL_BATCH]
         x, m = _to_device(*_rows(ids, mask, lengths, rows, min_len), device)
         with autocast():
             out.append(model(x, m).float().cpu())
-    return torch.cat(out).numpy()
+    logits = torch.cat(out).numpy()
+    restored = np.empty_like(logits)
+    restored[by_length] = logits
+    return restored
 
 
 @torch.no_grad()
@@ -546,7 +574,8 @@ def train(
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             order = torch.randperm(len(train_idx), generator=generator)
-            for rows in _batches(order, spec.batch_size, merge_single=merge_single):
+            for rows in epoch_batches(order, tr_len, spec.batch_size, merge_single=merge_single,
+                                      bucket=spec.bucket_by_length, generator=generator):
                 x_np, m_np = _rows(tr_ids, tr_mask, tr_len, rows.numpy(), min_len)
                 if spec.augment is not None:
                     x_np, m_np = augment_batch(x_np, m_np, spec.augment, augment_rng)
