@@ -126,7 +126,8 @@ def test_identical_children_train_once_and_an_earlier_identical_job_is_reused(sw
     assert first["counts"]["queued"] == 2  # counts are of distinct jobs
     run_child(sessionmaker, children[0]["job_id"])
 
-    second = create(api, dataset, grid={"optimizer.lr": [0.002, 0.05]}, base={"epochs": 2, "name": "again"})
+    second = create(api, dataset, grid={"optimizer.name": ["adam"], "optimizer.lr": [0.002, 0.05]},
+                    base={"epochs": 2, "name": "again"})
     assert second["children"][0]["reused"] and second["children"][0]["job_id"] == children[0]["job_id"]
     assert second["children"][0]["status"] == "succeeded"
     assert not second["children"][1]["reused"] and api.total("/v1/jobs") == jobs_before + 3

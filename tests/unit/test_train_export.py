@@ -701,3 +701,12 @@ def test_length_bucketing_keeps_every_row_once_and_pads_less():
     assert padded(bucketed) < 0.6 * padded(plain)
     assert [b.tolist() for b in batches(True)] == [b.tolist() for b in bucketed]  # seeded: reproducible
     assert [b.tolist() for b in batches(True, seed=2)] != [b.tolist() for b in bucketed]  # batch order shuffled
+
+
+def test_a_tie_of_the_selection_metric_goes_to_the_lower_validation_loss(learned):
+    result, _, _, _ = learned
+    history = result.history
+    top = max(h["val_macro_f1"] for h in history)
+    assert sum(h["val_macro_f1"] == top for h in history) > 1  # the toy validation set saturates: ties happen
+    tied = [h for h in history if h["val_macro_f1"] == top]
+    assert result.metrics["best_epoch"] == min(tied, key=lambda h: h["val_loss"])["epoch"]

@@ -631,8 +631,11 @@ def train(
                 "val_accuracy": final["accuracy"], "val_macro_f1": final["macro_f1"],
                 "lr": lr, "seconds": round(time.monotonic() - epoch_start, 3),
             })
-            # Strict improvement: on ties keep the earlier, less-trained epoch.
-            if best_value is None or sign * (final[key] - best_value) > min_delta:
+            # Better by more than min_delta, or an exact tie of the metric at a lower validation loss: accuracy and
+            # F1 move in steps, and once a small validation set is all right, the earliest such epoch is the
+            # least trained one (a toy set kept epoch 1, at 0.5/0.5 scores, for that reason).
+            tie = best_value is not None and final[key] == best_value and final["loss"] < best["loss"]
+            if best_value is None or sign * (final[key] - best_value) > min_delta or tie:
                 best_value, best_epoch, epochs_since_best = final[key], epoch, 0
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 best = dict(final)
