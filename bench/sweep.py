@@ -174,13 +174,14 @@ def check_child(http: requests.Session, base: str, child: dict, leader: dict, te
     for field in JOB_FIELDS:
         differ(f"job metrics {field}", leader[field], (job["metrics"] or {}).get(field))
 
-    # The kept model is the first epoch with the highest val_macro_f1 (the training code's strict improvement).
+    # The kept model is the epoch with the highest val_macro_f1; of tied epochs, the one with the lowest val_loss,
+    # the earliest on a tie of both (the training code's selection rule).
     history = child["history"] or []
     if history:
         top = max(r[METRIC] for r in history)
-        first_best = next(r for r in history if r[METRIC] == top)
-        differ("best epoch from the history", leader["best_epoch"], first_best["epoch"])
-        differ(f"{METRIC} of the history's best epoch", leader[METRIC], first_best[METRIC])
+        best = min((r for r in history if r[METRIC] == top), key=lambda r: r["val_loss"])
+        differ("best epoch from the history", leader["best_epoch"], best["epoch"])
+        differ(f"{METRIC} of the history's best epoch", leader[METRIC], best[METRIC])
     else:
         problems.append(f"{name}: no history")
 

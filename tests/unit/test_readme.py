@@ -19,3 +19,18 @@ def test_every_setting_is_in_the_configuration_table():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_training_spec_field_is_in_the_spec_table():
+    from app.spec import ModelSpec, OptimizerSpec, SchedulerSpec, TokenizerSpec, TrainingSpec
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### The training spec")
+    table = readme[start : readme.index("\n\n", readme.index("| field |", start))]
+    # A row names a nested field in full once (`optimizer.lr`) and its siblings after it plainly (`eps`).
+    missing = [name for name in TrainingSpec.model_fields if f"`{name}`" not in table and f"`{name}." not in table]
+    for section, spec in (("model", ModelSpec), ("tokenizer", TokenizerSpec), ("optimizer", OptimizerSpec),
+                          ("scheduler", SchedulerSpec)):
+        missing += [f"{section}.{name}" for name in spec.model_fields
+                    if f"`{section}.{name}`" not in table and f"`{name}`" not in table]
+    assert not missing, f"README's training spec table lacks {missing}"
