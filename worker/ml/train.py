@@ -24,7 +24,8 @@ from torch import nn
 from app.ml.tokenizer import PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
 from app.spec import AugmentSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
 from worker.ml.checkpoint import CheckpointStore
-from worker.ml.model import build_model
+from worker.ml.model import Blend, build_model
+from worker.ml.tfidf import fit_tfidf
 
 # Least time between step-level on_progress / should_stop calls: the callbacks may touch the database.
 PROGRESS_EVERY_S = 2.0
@@ -666,9 +667,27 @@ def train(
 
     model.load_state_dict(best_state)
     model = model.cpu().eval()
+    members = {}
+    if spec.model.tfidf is not None:
+        # Fit after the loop (a resumed run fits it too): the network's best epoch is picked on its own.
+        fit_start = time.monotonic()
+        linear = fit_tfidf(spec.model.tfidf, tr_ids, tr_mask, y[train_idx], vocab_size=encoder.vocab_size,
+                           num_classes=len(label_names), class_weight=weights)
+        fit_seconds = round(time.monotonic() - fit_start, 3)
+        with torch.no_grad():
+            alone = evaluate_logits(linear(torch.from_numpy(va_ids), torch.from_numpy(va_mask).float()).numpy(),
+                                    y_val)
+        members = {"network_val_accuracy": best["accuracy"], "network_val_macro_f1": best["macro_f1"],
+                   "tfidf_val_accuracy": alone["accuracy"], "tfidf_val_macro_f1": alone["macro_f1"],
+                   "tfidf_fit_seconds": fit_seconds}
+        model = Blend(model, linear, spec.model.tfidf.weight).eval()
+        # What is exported and served is the blend, so its validation scores are the model's.
+        best = evaluate_logits(_predict_logits(model, va_ids, va_mask, va_len, min_len, torch.device("cpu"),
+                                               contextlib.nullcontext), y_val)
     prov = collect_provenance(spec, device)
     metrics = {
         **best,
+        **members,
         "best_epoch": best_epoch, "selection_metric": select, "stopped_early": stopped_early,
         "final_accuracy": final["accuracy"], "final_macro_f1": final["macro_f1"], "final_loss": final["loss"],
         "train_seconds": round(time.monotonic() - t0, 3),

@@ -1,0 +1,145 @@
+"""The TF-IDF member (worker/ml/tfidf.py) and the blend (worker/ml/model.py): the same model scikit-learn fits,
+computed in the graph, averaged with the network as the spec says."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from app.ml.tokenizer import TextEncoder, fit_tokenizer
+from app.spec import TfidfSpec, TokenizerSpec, TrainingSpec
+from worker.ml.model import BIGRAM_PRIME, Blend, TfidfLinear
+from worker.ml.tfidf import BIGRAM_MIN_DF, fit_logistic_regression, fit_tfidf, ngram_counts
+from worker.ml.train import train
+
+pytestmark = pytest.mark.unit
+
+CPU = torch.device("cpu")
+WORDS = [f"w{i}" for i in range(40)]
+
+
+def _texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Texts of distinct words (so no feature repeats within a text); class c favours words c, c+3, c+6, ..."""
+    rng = np.random.default_rng(seed)
+    texts, y = [], rng.integers(0, 3, size=n)
+    for c in y:
+        favoured = [w for i, w in enumerate(WORDS) if i % 3 == c]
+        words = list(rng.choice(favoured, size=3, replace=False)) + list(rng.choice(WORDS, size=4, replace=False))
+        texts.append(" ".join(dict.fromkeys(words)))  # distinct, order kept
+    return texts, y
+
+
+def test_ngram_counts_hashes_bigrams_as_the_graph_does():
+    ids = np.array([[5, 7, 5, 7, 0], [3, 0, 0, 0, 0]])
+    mask = (ids != 0).astype(np.int64)
+    counts = ngram_counts(ids, mask, vocab_size=10, buckets=1_000).toarray()
+    bucket = (5 * BIGRAM_PRIME + 7) % 1_000
+    back = (7 * BIGRAM_PRIME + 5) % 1_000
+    assert counts[0, 5] == 2 and counts[0, 7] == 2 and counts[0, 10 + bucket] == 2 and counts[0, 10 + back] == 1
+    assert counts[0].sum() == 4 + 3 and counts[1].sum() == 1 and counts[1, 3] == 1  # padding adds nothing
+
+
+def test_the_member_is_the_model_scikit_learn_fits_on_tfidf_features():
+    texts, y = _texts(300, seed=0)
+    test_texts, _ = _texts(50, seed=1)
+    encoder = TextEncoder(fit_tokenizer(texts, TokenizerSpec(vocab_size=100)), max_length=32)
+    ids, mask = encoder.encode(texts)
+    spec = TfidfSpec(c=10.0, bigram_buckets=4_096)
+    member = fit_tfidf(spec, ids, mask, y, vocab_size=encoder.vocab_size, num_classes=3)
+
+    # The same features built by scikit-learn: words and hashed bigrams as tokens, smoothed idf, L2 rows.
+    def analyse(text: str) -> list[str]:
+        row = encoder.tokenizer.encode(text, add_special_tokens=False).ids
+        return [f"w{i}" for i in row] + [f"b{(a * BIGRAM_PRIME + b) % spec.bigram_buckets}" for a, b in zip(row, row[1:])]
+
+    # min_df applies to words too in scikit-learn: every word occurs in many texts, so only bigrams are cut.
+    words_df = np.asarray((ngram_counts(ids, mask, vocab_size=encoder.vocab_size, buckets=1_024)[
+        :, 2:encoder.vocab_size] > 0).sum(axis=0)).ravel()
+    assert words_df.min() >= BIGRAM_MIN_DF
+    vectorizer = TfidfVectorizer(analyzer=analyse, min_df=BIGRAM_MIN_DF)
+    reference = LogisticRegression(C=spec.c, max_iter=2_000, tol=1e-10).fit(vectorizer.fit_transform(texts), y)
+    expected = reference.predict_proba(vectorizer.transform(test_texts))
+
+    test_ids, test_mask = encoder.encode(test_texts)
+    with torch.no_grad():
+        scores = member(torch.from_numpy(test_ids), torch.from_numpy(test_mask).float())
+    got = torch.softmax(scores, dim=1).numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
+
+
+def test_logistic_regression_weighs_classes_like_scikit_learn():
+    rng = np.random.default_rng(0)
+    x = sp.random(200, 30, density=0.2, random_state=0, format="csr")
+    y = rng.integers(0, 3, size=200)
+    weights = np.array([1.0, 4.0, 0.5])
+    coef, bias = fit_logistic_regression(x, y, num_classes=3, c=1.0, class_weight=weights)
+    reference = LogisticRegression(C=1.0, max_iter=2_000, tol=1e-10, class_weight=dict(enumerate(weights))).fit(x, y)
+    z = x @ coef.T + bias
+    got = np.exp(z - z.max(axis=1, keepdims=True))
+    got /= got.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, reference.predict_proba(x), atol=2e-3)
+
+
+def test_blend_averages_the_two_models_probabilities():
+    torch.manual_seed(0)
+    network = torch.nn.Module()
+    network.head = torch.nn.Linear(4, 3)
+    network.forward = lambda ids, mask: network.head(torch.nn.functional.one_hot(ids[:, 0] % 4, 4).float())
+    member = TfidfLinear(word_weight=torch.randn(10, 3), word_idf2=torch.rand(10) + 1, bigram_rows=torch.zeros(64),
+                         bigram_weight=torch.zeros(1, 3), bigram_idf2=torch.zeros(1), bias=torch.randn(3))
+    blend = Blend(network, member, weight=0.3)
+    ids = torch.tensor([[2, 5, 7], [3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        expected = 0.7 * torch.softmax(network(ids, mask), 1) + 0.3 * torch.softmax(member(ids, mask.float()), 1)
+        got = torch.softmax(blend(ids, mask), 1)
+    torch.testing.assert_close(got, expected)
+    assert blend.head is network.head
+
+
+def test_an_empty_text_scores_the_bias_alone():
+    member = TfidfLinear(word_weight=torch.ones(10, 2), word_idf2=torch.ones(10), bigram_rows=torch.zeros(64),
+                         bigram_weight=torch.zeros(1, 2), bigram_idf2=torch.zeros(1), bias=torch.tensor([0.5, -0.5]))
+    scores = member(torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 5))
+    torch.testing.assert_close(scores, torch.tensor([[0.5, -0.5]]))
+
+
+def _spec(**model) -> TrainingSpec:
+    return TrainingSpec.model_validate({
+        "dataset_id": str(uuid.uuid4()), "epochs": 2, "batch_size": 16, "device": "cpu", "early_stopping": None,
+        "tokenizer": {"vocab_size": 100, "max_length": 32},
+        "model": {"embedding_dim": 16, "filter_sizes": [2, 3], "num_filters": 8, **model}})
+
+
+def test_training_reports_each_member_and_scores_the_blend():
+    texts, y = _texts(200, seed=2)
+    labels = [str(c) for c in y]
+    blended = train(_spec(), texts, labels, label_names=["0", "1", "2"], device=CPU)
+    assert isinstance(blended.model, Blend)
+    m = blended.metrics
+    assert {"network_val_accuracy", "tfidf_val_accuracy", "tfidf_fit_seconds"} <= m.keys()
+    # The network alone, trained identically, is the blend's network member.
+    alone = train(_spec(tfidf=None), texts, labels, label_names=["0", "1", "2"], device=CPU)
+    assert not isinstance(alone.model, Blend) and "tfidf_val_accuracy" not in alone.metrics
+    assert alone.metrics["accuracy"] == m["network_val_accuracy"]
+    for name, value in alone.model.state_dict().items():
+        assert torch.equal(value, blended.model.network.state_dict()[name]), name
+
+
+def test_spec_defaults_and_bounds():
+    spec = _spec()
+    assert spec.model.tfidf == TfidfSpec(weight=0.5, c=10.0, bigram_buckets=262_144)
+    fast = TrainingSpec.model_validate({"dataset_id": str(uuid.uuid4()), "preset": "fast"})
+    assert fast.model.tfidf.weight == 0.85
+    assert TrainingSpec.model_validate({"dataset_id": str(uuid.uuid4()), "preset": "fast",
+                                        "model": {"tfidf": None}}).model.tfidf is None
+    for bad in ({"weight": 1.0}, {"weight": 0.0}, {"c": 0}, {"bigram_buckets": 10}, {"alpha": 1}):
+        with pytest.raises(ValueError):
+            TfidfSpec(**bad)
