@@ -155,6 +155,27 @@ def test_fast_preset_trains_exports_and_serves(tmp_path):
     assert [p["label"] for p in OnnxPredictor(model_dir).predict(texts)] == labels
 
 
+@pytest.mark.parametrize("fields", [{}, {"filter_sizes": [2, 7], "batch_norm": True}, {"filter_sizes": [1], "wide": True}])
+def test_merged_textcnn_computes_what_the_textcnn_does(fields):
+    torch.manual_seed(0)
+    cnn = build_model(ModelSpec(embedding_dim=16, num_filters=8, **fields), vocab_size=50, num_classes=3).eval()
+    with torch.no_grad():  # non-trivial norm statistics and wide weights, so every part is compared
+        for p in cnn.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        if fields.get("batch_norm"):
+            cnn.norm.running_mean.uniform_(-1, 1)
+            cnn.norm.running_var.uniform_(0.5, 2)
+    merged = cnn.for_export()
+    assert sum(isinstance(m, torch.nn.Conv1d) for m in merged.modules()) == 1
+    lengths = torch.tensor([0, 1, 2, 5, 9, 12])  # empty, shorter than every width, ..., the full width
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(2, 50, (6, 12)) * mask
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids, mask), cnn(ids, mask), atol=1e-5, rtol=1e-5)
+        one = torch.tensor([[7]]), torch.ones(1, 1, dtype=torch.long)  # one token, no padding at all
+        torch.testing.assert_close(merged(*one), cnn(*one), atol=1e-5, rtol=1e-5)
+
+
 def test_export_has_dynamic_named_axes(tmp_path):
     result = train(tiny_spec(max_steps=1), TEXTS, Y, label_names=LABELS, device=CPU)
     export_onnx(result.model, tmp_path / "model.onnx", vocab_size=result.encoder.vocab_size)

@@ -108,6 +108,50 @@ class TextCNN(nn.Module):
         return self.head(self.dropout(self.norm(z)))
 
 
+    def for_export(self) -> nn.Module:
+        """The same function in fewer graph nodes, for serving (see MergedTextCNN)."""
+        return MergedTextCNN(self).to(self.head.weight.device).eval()
+
+
+class MergedTextCNN(nn.Module):
+    """A trained TextCNN with its convolutions merged into one, for export: each width-w kernel becomes a
+    max-width kernel whose last taps are zero, so one Conv computes every feature map at once, and one mask
+    (per channel: its own width's valid positions) replaces the per-width masking.
+
+    The outputs equal TextCNN's up to float summation order; check_parity compares the export against the
+    TextCNN itself. Training keeps separate convolutions, whose zero taps would otherwise learn. The exported
+    graph has 3x fewer nodes for widths 3/4/5, and onnxruntime's per-node overhead is most of the cost of scoring
+    one short text.
+    """
+
+    def __init__(self, cnn: TextCNN) -> None:
+        super().__init__()
+        self.embedding, self.norm, self.dropout, self.head, self.wide = (
+            cnn.embedding, cnn.norm, cnn.dropout, cnn.head, cnn.wide)
+        self.max_width = cnn.max_width
+        maps = cnn.convs[0].out_channels
+        self.conv = nn.Conv1d(cnn.embedding.embedding_dim, maps * len(cnn.convs), cnn.max_width)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            for i, (w, conv) in enumerate(zip(cnn.filter_sizes, cnn.convs)):
+                self.conv.weight[i * maps : (i + 1) * maps, :, :w] = conv.weight
+                self.conv.bias[i * maps : (i + 1) * maps] = conv.bias
+        widths = torch.tensor(cnn.filter_sizes).repeat_interleave(maps)
+        self.register_buffer("widths", widths.reshape(1, -1, 1))  # [1, channels, 1]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.to(torch.float32)
+        x = (self.embedding(input_ids) * mask.unsqueeze(-1)).transpose(1, 2)
+        h = F.relu(self.conv(F.pad(x, (0, self.max_width - 1))))  # [B, channels, T]
+        lengths = attention_mask.sum(dim=1, keepdim=True).unsqueeze(-1)  # [B, 1, 1]
+        positions = torch.arange(h.size(2), device=h.device)  # [T]
+        # TextCNN's rule per channel: windows starting past len - w are padding, but the first always counts.
+        valid = positions < (lengths - self.widths + 1).clamp(min=1)  # [B, channels, T]
+        z = (h * valid.to(h.dtype)).amax(dim=2)
+        logits = self.head(self.dropout(self.norm(z)))
+        return logits if self.wide is None else logits + self.wide(input_ids, mask)
+
+
 class FastText(nn.Module):
     """Joulin et al. (2016): mean of word and hashed word-bigram embeddings, dropout, linear."""
 
@@ -264,6 +308,11 @@ class Blend(nn.Module):
     def head(self) -> nn.Linear:
         """The network's output layer (what callers size the class axis by)."""
         return self.network.head
+
+    def for_export(self) -> nn.Module:
+        """The blend of the network's export form (if it has one) and the same TF-IDF member."""
+        network = self.network.for_export() if hasattr(self.network, "for_export") else self.network
+        return Blend(network, self.linear, self.weight).eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.to(torch.float32)
