@@ -151,7 +151,22 @@ def run_ours(split: Split, extra: dict, *, seed: int, device: str) -> dict:
             out["torch_onnx_argmax_agreement"] = round(float(np.mean(torch_pred == proba.argmax(axis=1))), 4)
         except Exception as e:  # noqa: BLE001 (a cross-check only; its signature may still change)
             out["torch_check_error"] = f"{type(e).__name__}: {e}"
+    out.update(member_scores(result, split, label_names, dev))
     return out
+
+
+def member_scores(result, split: Split, label_names: list[str], dev) -> dict:
+    """Test accuracy of each member of a blended model (model.tfidf) alone: what the blend adds."""
+    model = result.model
+    if not hasattr(model, "linear"):
+        return {}
+    network = np.asarray(train_module.predict_proba(model.network, result.encoder, split.test_texts, dev))
+    ids, mask = result.encoder.encode(split.test_texts)
+    with torch.no_grad():
+        linear = model.linear(torch.from_numpy(ids), torch.from_numpy(mask).float()).numpy()
+    return {"network_accuracy": scores(split.test_labels, [label_names[i] for i in network.argmax(axis=1)])["accuracy"],
+            "tfidf_accuracy": scores(split.test_labels, [label_names[i] for i in linear.argmax(axis=1)])["accuracy"],
+            "tfidf_fit_s": result.metrics.get("tfidf_fit_seconds")}
 
 
 # -----------------------------------------------------------------------------

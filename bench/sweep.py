@@ -181,7 +181,9 @@ def check_child(http: requests.Session, base: str, child: dict, leader: dict, te
         top = max(r[METRIC] for r in history)
         best = min((r for r in history if r[METRIC] == top), key=lambda r: r["val_loss"])
         differ("best epoch from the history", leader["best_epoch"], best["epoch"])
-        differ(f"{METRIC} of the history's best epoch", leader[METRIC], best[METRIC])
+        # With the TF-IDF blend on (model.tfidf), the job's val_* score the blend; the history scores the network.
+        network = (job["metrics"] or {}).get(f"network_{METRIC}", leader[METRIC])
+        differ(f"{METRIC} of the history's best epoch", network, best[METRIC])
     else:
         problems.append(f"{name}: no history")
 
