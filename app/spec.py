@@ -291,7 +291,8 @@ class TrainingSpec(_Strict):
                     "(JOB_MAX_RUNTIME_SECONDS); a value above that ceiling is refused.")
     preset: Literal["default", "fast"] = Field(
         "default", description="Defaults to start from; the spec's own fields win. fast: a fastText-like model "
-                               "(hashed bigrams, sparse SGD, 10 epochs) that trains in seconds.")
+                               "(hashed bigrams, sparse SGD, 10 epochs) blended at 0.85 with the TF-IDF model; "
+                               "trains in seconds.")
     label_smoothing: float = Field(0.0, ge=0.0, le=0.5,
                                    description="Share of each target's probability spread over all classes.")
     class_weights: ClassWeights | None = Field(
