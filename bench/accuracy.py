@@ -177,6 +177,9 @@ def fasttext_line(text: str) -> str:
     return " ".join(_FT_PUNCT.sub(r" \1 ", text).lower().split())
 
 
+FASTTEXT_RUNS = 3
+
+
 def run_fasttext(split: Split, *, seed: int) -> dict:
     """fastText supervised (FASTTEXT) trained on a temp file; per-text predictions through the C++ object."""
     import fasttext
@@ -187,12 +190,19 @@ def run_fasttext(split: Split, *, seed: int) -> dict:
                                     (test_path, split.test_texts, split.test_labels)):
             path.write_text("".join(f"__label__{y} {fasttext_line(x)}\n" for x, y in zip(texts, labels)),
                             encoding="utf-8")
-        t = time.perf_counter()
-        model = fasttext.train_supervised(input=str(train_path), seed=seed, **FASTTEXT)
-        train_s = time.perf_counter() - t
+        # Trained FASTTEXT_RUNS times and timed by the median: with 2 Hogwild threads its time moved 2-3x between
+        # runs of this bench (TREC 1.1 s and 2.9 s), and every time ratio of ours is divided by it. The first
+        # run's model is the one scored (the runs differ only by thread scheduling).
+        times, model = [], None
+        for _ in range(FASTTEXT_RUNS):
+            t = time.perf_counter()
+            trained = fasttext.train_supervised(input=str(train_path), seed=seed, **FASTTEXT)
+            times.append(time.perf_counter() - t)
+            model = model or trained
         n, precision_at_1, _ = model.test(str(test_path))
 
-    out = {"train_s": round(train_s, 2), "test_precision_at_1": round(100 * precision_at_1, 2), "test_n": n}
+    out = {"train_s": round(float(np.median(times)), 2), "train_s_runs": [round(x, 2) for x in times],
+           "test_precision_at_1": round(100 * precision_at_1, 2), "test_n": n}
     # FastText.predict() breaks on NumPy 2 (np.array(copy=False)); the C++ object's predict does not touch NumPy.
     try:
         t = time.perf_counter()
@@ -341,7 +351,7 @@ def main() -> None:
           f"CPU cores{' + ' + env['gpu'] if env['gpu'] else ''}. Bar = max(fastText, TF-IDF+LR, "
           "Kim 2014); brackets: ours minus bar.")
     print(f"fastText: train_supervised({', '.join(f'{k}={v!r}' for k, v in FASTTEXT.items())}, seed={args.seed}) "
-          "on lower-cased text with punctuation split off.")
+          f"on lower-cased text with punctuation split off; its time is the median of {FASTTEXT_RUNS} runs.")
     print(f"TF-IDF+LR: TfidfVectorizer({', '.join(f'{k}={v!r}' for k, v in TFIDF.items())}) + "
           f"LogisticRegression({', '.join(f'{k}={v!r}' for k, v in LOGREG.items())}, random_state={args.seed}).")
     print(f"JSON: {args.out}")
