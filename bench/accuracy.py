@@ -20,6 +20,7 @@ Prints one table and writes JSON to --out (default bench/results/accuracy.json),
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -190,15 +191,16 @@ def run_fasttext(split: Split, *, seed: int) -> dict:
                                     (test_path, split.test_texts, split.test_labels)):
             path.write_text("".join(f"__label__{y} {fasttext_line(x)}\n" for x, y in zip(texts, labels)),
                             encoding="utf-8")
-        # Trained FASTTEXT_RUNS times and timed by the median: with 2 Hogwild threads its time moved 2-3x between
-        # runs of this bench (TREC 1.1 s and 2.9 s), and every time ratio of ours is divided by it. The first
-        # run's model is the one scored (the runs differ only by thread scheduling).
+        # Trained FASTTEXT_RUNS times, timed by the median, the last run's model scored. Each model is freed
+        # before the next run starts: with the first one kept alive (2M buckets x 100 dims = 800 MB), later runs
+        # took 2-3x as long (TREC 1.1 s, then 2.9 and 3.4 s); freed, four runs took 0.96-0.98 s.
         times, model = [], None
         for _ in range(FASTTEXT_RUNS):
+            model = None
+            gc.collect()
             t = time.perf_counter()
-            trained = fasttext.train_supervised(input=str(train_path), seed=seed, **FASTTEXT)
+            model = fasttext.train_supervised(input=str(train_path), seed=seed, **FASTTEXT)
             times.append(time.perf_counter() - t)
-            model = model or trained
         n, precision_at_1, _ = model.test(str(test_path))
 
     out = {"train_s": round(float(np.median(times)), 2), "train_s_runs": [round(x, 2) for x in times],

@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from app.ml.tokenizer import TextEncoder, fit_tokenizer
 from app.spec import TfidfSpec, TokenizerSpec, TrainingSpec
 from worker.ml.model import BIGRAM_PRIME, Blend, TfidfLinear
+import worker.ml.tfidf as tfidf_mod
 from worker.ml.tfidf import BIGRAM_MIN_DF, fit_logistic_regression, fit_tfidf, ngram_counts
 from worker.ml.train import train
 
@@ -143,3 +144,22 @@ def test_spec_defaults_and_bounds():
     for bad in ({"weight": 1.0}, {"weight": 0.0}, {"c": 0}, {"bigram_buckets": 10}, {"alpha": 1}):
         with pytest.raises(ValueError):
             TfidfSpec(**bad)
+
+
+def test_a_weight_budget_keeps_the_most_frequent_features(monkeypatch):
+    texts, y = _texts(300, seed=3)
+    encoder = TextEncoder(fit_tokenizer(texts, TokenizerSpec(vocab_size=100)), max_length=32)
+    ids, mask = encoder.encode(texts)
+    full = fit_tfidf(TfidfSpec(bigram_buckets=4_096), ids, mask, y, vocab_size=encoder.vocab_size, num_classes=3)
+    monkeypatch.setattr(tfidf_mod, "MAX_WEIGHTS", 3 * 20)  # 20 features of 3 classes
+    small = fit_tfidf(TfidfSpec(bigram_buckets=4_096), ids, mask, y, vocab_size=encoder.vocab_size, num_classes=3)
+    kept = int((small.word_idf2 > 0).sum() + (small.bigram_idf2 > 0).sum())
+    assert kept == 20 and len(small.bigram_weight) < len(full.bigram_weight)
+    # The most frequent features have the lowest idf: every kept word is at least as common as every dropped one.
+    kept_words = small.word_idf2.squeeze(1) > 0
+    dropped = (full.word_idf2.squeeze(1) > 0) & ~kept_words
+    if dropped.any():
+        assert full.word_idf2.squeeze(1)[kept_words].max() <= full.word_idf2.squeeze(1)[dropped].min()
+    with torch.no_grad():  # still a working classifier on its training texts
+        scores = small(torch.from_numpy(ids), torch.from_numpy(mask).float())
+    assert (scores.argmax(dim=1).numpy() == y).mean() > 0.6
