@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from app.spec import TfidfSpec
 from worker.ml.model import BIGRAM_PRIME, TfidfLinear
 
-# L-BFGS iterations (scikit-learn's default): TREC and BANKING77 converged in about 100 and 110 function
-# evaluations; where it does not converge, 100 steps of a convex fit are still a good model.
+# L-BFGS iterations, scikit-learn's default (its own fit of these features converged in 86 on TREC, 50 on
+# BANKING77). Where ours stops at the cap, the fit is still as good on test data: TREC 90.2 and BANKING77 88.8
+# for this member alone, against 89.8 and 88.8 for scikit-learn's converged fit (2026-12-01).
 MAX_ITER = 100
 # A bigram becomes a feature once it occurs in 2 training texts. Once-seen bigrams are most of them (BANKING77:
 # 10k of 21k features) and barely move the blend: over TREC, SST-2, MR and BANKING77 dropping them changed test
