@@ -102,6 +102,9 @@ def test_dashboard_pages_in_chromium(tmp_path, processes, browser):
     evaluation = requests.get(f"{base}/v1/models/{model_id}/evaluation", timeout=10).json()
     assert sum(int(c.get_attribute("data-count")) for c in cells) == evaluation["validation"]["examples"]
     assert len(browser.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")) == 2
+    # the default model is a blend: the facts say what each half scored alone
+    facts = browser.find_element(By.CSS_SELECTOR, "dl.facts").text
+    assert "val accuracy, network alone" in facts and "val accuracy, TF-IDF alone" in facts
     shots.append(screenshot(browser, "job"))
     browser.find_element(By.CSS_SELECTOR, '#evaluation button[data-split="test"]').click()
     cells = wait_count(browser, "#evaluation svg.heatmap rect.cell", 4)

@@ -82,6 +82,11 @@ function jobFacts(job) {
   if (job.metrics) {
     facts.push(["val accuracy", fixed(job.metrics.val_accuracy)], ["val macro-F1", fixed(job.metrics.val_macro_f1)]);
     if (job.metrics.test_accuracy !== undefined) facts.push(["test accuracy", fixed(job.metrics.test_accuracy)]);
+    // A blended model (model.tfidf): the curves are the network's epochs; these say what each half scored alone.
+    if (job.metrics.network_val_accuracy !== undefined) {
+      facts.push(["val accuracy, network alone", fixed(job.metrics.network_val_accuracy)],
+                 ["val accuracy, TF-IDF alone", fixed(job.metrics.tfidf_val_accuracy)]);
+    }
   }
   const list = h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   if (job.error) {
