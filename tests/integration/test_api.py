@@ -417,6 +417,8 @@ BAD_SPECS = {
     "nesterov_no_momentum": ({"optimizer": {"name": "nesterov", "momentum": 0.0}}, ["optimizer"], "value_error"),
     "unknown_optimizer": ({"optimizer": {"name": "lbfgs"}}, ["optimizer", "name"], "literal_error"),
     "epochs_not_int": ({"epochs": "many"}, ["epochs"], "int_parsing"),
+    "tfidf_weight_one": ({"model": {"tfidf": {"weight": 1.0}}}, ["model", "tfidf", "weight"], "less_than"),
+    "tfidf_unknown_field": ({"model": {"tfidf": {"alpha": 1}}}, ["model", "tfidf", "alpha"], "extra_forbidden"),
 }
 
 
