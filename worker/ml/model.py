@@ -66,7 +66,14 @@ class WideNgrams(nn.Module):
 
 
 class TextCNN(nn.Module):
-    """Kim (2014): one convolution per width over word embeddings, ReLU, max over time, dropout, linear."""
+    """Kim (2014): one convolution per width over word embeddings, ReLU, max over time, dropout, linear.
+
+    Each width keeps its own Conv1d parameters (what Kim trained, and what a checkpoint holds), but forward runs
+    them as one matrix product over the text's windows of max-width tokens, each narrower kernel zero-padded to
+    that width (im2col). On our 2-core CPU a training step (forward and backward, batch 32, 12 tokens, 128-d
+    embeddings, 3 x 100 maps) took 4.8 ms so against 6.5 ms as three Conv1d calls, whose per-call overhead
+    dominates such short texts (2026-12-02). The exported graph does the same with one Conv (MergedTextCNN).
+    """
 
     def __init__(self, spec: ModelSpec, vocab_size: int, num_classes: int) -> None:
         super().__init__()
@@ -80,6 +87,9 @@ class TextCNN(nn.Module):
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(features, num_classes)
         self.wide = WideNgrams(vocab_size, spec.ngram_buckets, num_classes) if spec.wide else None
+        # Each feature map's kernel width, in the order of the merged product's output columns.
+        widths = torch.tensor(self.filter_sizes).repeat_interleave(spec.num_filters)
+        self.register_buffer("widths", widths.view(1, 1, -1), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] for right-padded input_ids and attention_mask [B, T]."""
@@ -87,26 +97,30 @@ class TextCNN(nn.Module):
         logits = self._deep(input_ids, attention_mask, mask)
         return logits if self.wide is None else logits + self.wide(input_ids, mask)
 
-    def _deep(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(input_ids) * mask.unsqueeze(-1)  # zero padded positions whatever their id
-        x = x.transpose(1, 2)  # [B, D, T]: Conv1d convolves over the last axis
-        # Append max_width - 1 zero columns so every width has >= 1 output position even for T=1 inputs:
-        # the model then needs no minimum sequence length, in torch or in ONNX.
-        x = F.pad(x, (0, self.max_width - 1))
-        lengths = attention_mask.sum(dim=1, keepdim=True)  # [B, 1] real tokens per text
-        pooled = []
-        for w, conv in zip(self.filter_sizes, self.convs):
-            h = F.relu(conv(x))  # [B, F, T + max_width - w]; position t covers tokens t..t+w-1
-            # Windows starting past len - w cover padding only; the first window always counts, so a text
-            # shorter than w (or empty) still gets a feature. ReLU makes every value >= 0, so zeroing the
-            # invalid positions cannot beat the max over the valid ones: no -inf needed.
-            positions = torch.arange(h.size(2), device=h.device).unsqueeze(0)  # [1, T']
-            valid = positions < (lengths - w + 1).clamp(min=1)  # [B, T']
-            h = h * valid.unsqueeze(1).to(h.dtype)
-            pooled.append(h.amax(dim=2))  # [B, F]
-        z = torch.cat(pooled, dim=1)
-        return self.head(self.dropout(self.norm(z)))
+    def merged_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [channels, D, max_width], bias [channels]): every width's kernel, its missing taps zero."""
+        weight = torch.cat([F.pad(conv.weight, (0, self.max_width - w))
+                            for w, conv in zip(self.filter_sizes, self.convs)])
+        return weight, torch.cat([conv.bias for conv in self.convs])
 
+    def _deep(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(input_ids) * mask.unsqueeze(-1)  # [B, T, D]; padded positions zeroed whatever their id
+        batch, length, dim = x.shape
+        # Append max_width - 1 zero rows so every width has >= 1 window even for T=1 inputs: the model then needs
+        # no minimum sequence length, in torch or in ONNX.
+        windows = F.pad(x, (0, 0, 0, self.max_width - 1)).unfold(1, self.max_width, 1)  # [B, T, D, max_width]
+        weight, bias = self.merged_kernel()
+        h = torch.addmm(bias, windows.reshape(batch * length, dim * self.max_width),
+                        weight.reshape(len(bias), dim * self.max_width).t())
+        h = F.relu(h).view(batch, length, -1)  # [B, T, channels]; position t covers tokens t..t+w-1
+        # Windows starting past len - w cover padding only; the first window always counts, so a text shorter
+        # than w (or empty) still gets a feature. ReLU makes every value >= 0, so zeroing the invalid positions
+        # cannot beat the max over the valid ones: no -inf needed.
+        lengths = attention_mask.sum(dim=1).view(batch, 1, 1)
+        positions = torch.arange(length, device=h.device).view(1, length, 1)
+        valid = positions < (lengths - self.widths + 1).clamp(min=1)  # [B, T, channels]
+        z = (h * valid.to(h.dtype)).max(dim=1).values  # max, not amax: one index to scatter back to, faster
+        return self.head(self.dropout(self.norm(z)))
 
     def for_export(self) -> nn.Module:
         """The same function in fewer graph nodes, for serving (see MergedTextCNN)."""
@@ -132,12 +146,10 @@ class MergedTextCNN(nn.Module):
         maps = cnn.convs[0].out_channels
         self.conv = nn.Conv1d(cnn.embedding.embedding_dim, maps * len(cnn.convs), cnn.max_width)
         with torch.no_grad():
-            self.conv.weight.zero_()
-            for i, (w, conv) in enumerate(zip(cnn.filter_sizes, cnn.convs)):
-                self.conv.weight[i * maps : (i + 1) * maps, :, :w] = conv.weight
-                self.conv.bias[i * maps : (i + 1) * maps] = conv.bias
-        widths = torch.tensor(cnn.filter_sizes).repeat_interleave(maps)
-        self.register_buffer("widths", widths.reshape(1, -1, 1))  # [1, channels, 1]
+            weight, bias = cnn.merged_kernel()
+            self.conv.weight.copy_(weight)
+            self.conv.bias.copy_(bias)
+        self.register_buffer("widths", cnn.widths.reshape(1, -1, 1).clone())  # [1, channels, 1]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.to(torch.float32)
