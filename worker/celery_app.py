@@ -37,13 +37,12 @@ def preload_training_code(**_kwargs) -> None:
 
     Every job runs in a freshly forked process (max_tasks_per_child=1), which then starts with these modules
     loaded instead of importing them itself: about 5 s per job on our 2-core CPU (torch 1.3 s, the training code
-    1.3 s, torch._dynamo, which torch's optimizers import on first use, 1.5 s, and onnxscript, which the ONNX
-    exporter builds graphs with, 1.2 s; 2026-12-02). Importing does not initialise CUDA (torch does that on first
-    use, in the task), so the children can still use the GPU (pytorch#40403 is about initialising it before the
-    fork). The modules themselves still import torch lazily, so merely importing worker.celery_app loads none.
+    2.8 s with the torch._dynamo it imports, and onnxscript, which the ONNX exporter builds graphs with, 1.2 s;
+    2026-12-02). Importing does not initialise CUDA: torch does that on first use, in the task, so the children
+    can still use the GPU (pytorch#40403 is about initialising it before the fork). Merely importing this module
+    or worker.training loads no torch.
     """
     import onnxscript  # noqa: F401
-    import torch._dynamo  # noqa: F401
 
     import worker.ml.export  # noqa: F401
     import worker.ml.train  # noqa: F401

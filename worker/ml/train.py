@@ -17,6 +17,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
+# torch's optimizers import torch._dynamo on first use (1.5 s). Imported here, that cost falls at import time,
+# which the Celery parent pays once for all jobs (worker/celery_app.py), not inside a job's train().
+import torch._dynamo  # noqa: F401
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
