@@ -13,7 +13,9 @@ sms_spam) and each preset:
   service serves. Training time is the wall time around train(); export and prediction are timed apart.
 - fastText (FASTTEXT below) and TF-IDF + LogisticRegression (TFIDF, LOGREG below) on the same training and test
   sets, one fixed configuration for every dataset, trained once per dataset.
-"meets bar" asks ours accuracy >= max(fastText, TF-IDF+LR, Kim 2014 CNN-rand where published).
+"accuracy bar met?" asks ours accuracy >= max(fastText, TF-IDF+LR, Kim 2014 CNN-rand where published) for the
+default spec, >= fastText's for the `fast` preset; the time column gives ours / fastText's training time against
+the target (default <= 10x, fast <= 2x).
 Prints one table and writes JSON to --out (default bench/results/accuracy.json), rewritten after each dataset.
 """
 
@@ -191,20 +193,28 @@ def run_fasttext(split: Split, *, seed: int) -> dict:
                                     (test_path, split.test_texts, split.test_labels)):
             path.write_text("".join(f"__label__{y} {fasttext_line(x)}\n" for x, y in zip(texts, labels)),
                             encoding="utf-8")
-        # Trained FASTTEXT_RUNS times, timed by the median, the last run's model scored. Each model is freed
-        # before the next run starts: with the first one kept alive (2M buckets x 100 dims = 800 MB), later runs
-        # took 2-3x as long (TREC 1.1 s, then 2.9 and 3.4 s); freed, four runs took 0.96-0.98 s.
-        times, model = [], None
+        # Trained FASTTEXT_RUNS times: the time is the median, and so is the accuracy (fastText's 2 threads update
+        # the weights without locks, so runs differ: one seed gave TREC 90.2 in one run and 88.6 in another).
+        # Each model is freed before the next run starts: with the first one kept alive (2M buckets x 100 dims =
+        # 800 MB), later runs took 2-3x as long (TREC 1.1 s, then 2.9 and 3.4 s); freed, four took 0.96-0.98 s.
+        times, runs = [], []
         for _ in range(FASTTEXT_RUNS):
-            model = None
             gc.collect()
             t = time.perf_counter()
             model = fasttext.train_supervised(input=str(train_path), seed=seed, **FASTTEXT)
             times.append(time.perf_counter() - t)
-        n, precision_at_1, _ = model.test(str(test_path))
-
+            runs.append(_score_fasttext(model, split, test_path))
+            del model
+    runs.sort(key=lambda run: run["accuracy"])
     out = {"train_s": round(float(np.median(times)), 2), "train_s_runs": [round(x, 2) for x in times],
-           "test_precision_at_1": round(100 * precision_at_1, 2), "test_n": n}
+           "accuracy_runs": [run["accuracy"] for run in runs]}
+    out.update(runs[len(runs) // 2])  # the median run's scores
+    return out
+
+
+def _score_fasttext(model, split: Split, test_path: Path) -> dict:
+    n, precision_at_1, _ = model.test(str(test_path))
+    out = {"test_precision_at_1": round(100 * precision_at_1, 2), "test_n": n}
     # FastText.predict() breaks on NumPy 2 (np.array(copy=False)); the C++ object's predict does not touch NumPy.
     try:
         t = time.perf_counter()
@@ -239,29 +249,49 @@ def run_tfidf(split: Split, *, seed: int) -> dict:
 # report
 
 
+# The issue's targets on our 2-core CPU: the default spec at least as accurate as the best peer and Kim 2014, in at
+# most 10x fastText's time; the `fast` preset at least as accurate as fastText, in at most 2x its time.
+TIME_TARGET = {"fast": 2.0}
+DEFAULT_TIME_TARGET = 10.0
+
+
 def bar(row: dict) -> tuple[float, bool, float]:
-    """(bar, met, margin): the best of the peers and Kim 2014, whether ours reaches it, ours minus bar."""
-    candidates = [row["fasttext"]["accuracy"], row["tfidf_lr"]["accuracy"]]
-    if row["kim_2014"] is not None:
-        candidates.append(row["kim_2014"])
+    """(bar, met, margin): the accuracy to reach (fast: fastText's; else the best of the peers and Kim 2014),
+    whether ours reaches it, ours minus bar."""
+    candidates = [row["fasttext"]["accuracy"]]
+    if row["preset"] != "fast":
+        candidates.append(row["tfidf_lr"]["accuracy"])
+        if row["kim_2014"] is not None:
+            candidates.append(row["kim_2014"])
     best = max(candidates)
     margin = round(row["ours"]["accuracy"] - best, 2)
     return best, margin >= 0, margin
 
 
+def time_ratio(row: dict) -> tuple[float | None, float, bool]:
+    """(ours / fastText training time, the preset's target ratio, whether it is met)."""
+    target = TIME_TARGET.get(row["preset"], DEFAULT_TIME_TARGET)
+    fasttext_s = row["fasttext"]["train_s"]
+    if not fasttext_s > 0:
+        return None, target, False
+    ratio = round(row["ours"]["train_s"] / fasttext_s, 2)
+    return ratio, target, ratio <= target
+
+
 def table(rows: list[dict]) -> str:
     head = ["dataset", "preset", "ours acc", "ours macro-F1", "ours train s", "fastText acc", "fastText s",
-            "TF-IDF+LR acc", "TF-IDF s", "Kim 2014", "ours/fastText time", "meets bar?"]
+            "TF-IDF+LR acc", "TF-IDF s", "Kim 2014", "accuracy bar met?", "ours/fastText time"]
     lines = [head]
     for r in rows:
         _, met, margin = bar(r)
+        ratio, target, fast_enough = time_ratio(r)
         o, ft, lr = r["ours"], r["fasttext"], r["tfidf_lr"]
         lines.append([
             r["dataset"], r["preset"], f"{o['accuracy']:.1f}", f"{o['macro_f1']:.1f}", f"{o['train_s']:.1f}",
             f"{ft['accuracy']:.1f}", f"{ft['train_s']:.1f}", f"{lr['accuracy']:.1f}", f"{lr['train_s']:.1f}",
             "" if r["kim_2014"] is None else f"{r['kim_2014']:.1f}",
-            f"{o['train_s'] / ft['train_s']:.1f}x" if ft["train_s"] > 0 else "",
             f"yes (+{margin:.1f})" if met else f"NO ({margin:.1f})",
+            "" if ratio is None else f"{ratio:.1f}x ({'<=' if fast_enough else 'NOT <='} {target:g}x)",
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     fmt = [" | ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
@@ -344,16 +374,19 @@ def main() -> None:
                    "test_rows": len(split.test_texts), "ours": ours[preset], "fasttext": fasttext_result,
                    "tfidf_lr": tfidf_result, "kim_2014": KIM_2014.get(name)}
             row["bar"], row["meets_bar"], row["margin"] = bar(row)
+            row["time_ratio"], row["time_target"], row["meets_time"] = time_ratio(row)
             report["results"].append(row)
         args.out.write_text(json.dumps(report, indent=2))
 
     print(table(report["results"]))
     env = report["env"]
     print(f"\nAccuracy and macro-F1 in % on the test split; times in seconds of wall time on {env['cpu_count']} "
-          f"CPU cores{' + ' + env['gpu'] if env['gpu'] else ''}. Bar = max(fastText, TF-IDF+LR, "
-          "Kim 2014); brackets: ours minus bar.")
+          f"CPU cores{' + ' + env['gpu'] if env['gpu'] else ''}. Accuracy bar: default, max(fastText, "
+          "TF-IDF+LR, Kim 2014); fast, fastText's (brackets: ours minus bar). Time targets: default <= 10x "
+          "fastText's, fast <= 2x.")
     print(f"fastText: train_supervised({', '.join(f'{k}={v!r}' for k, v in FASTTEXT.items())}, seed={args.seed}) "
-          f"on lower-cased text with punctuation split off; its time is the median of {FASTTEXT_RUNS} runs.")
+          f"on lower-cased text with punctuation split off; its time and accuracy are the medians of "
+          f"{FASTTEXT_RUNS} runs.")
     print(f"TF-IDF+LR: TfidfVectorizer({', '.join(f'{k}={v!r}' for k, v in TFIDF.items())}) + "
           f"LogisticRegression({', '.join(f'{k}={v!r}' for k, v in LOGREG.items())}, random_state={args.seed}).")
     print(f"JSON: {args.out}")
