@@ -71,7 +71,7 @@ class TextCNN(nn.Module):
     Each width keeps its own Conv1d parameters (what Kim trained, and what a checkpoint holds), but forward runs
     them as one matrix product over the text's windows of max-width tokens, each narrower kernel zero-padded to
     that width (im2col). On our 2-core CPU a training step (forward and backward, batch 32, 12 tokens, 128-d
-    embeddings, 3 x 100 maps) took 4.8 ms so against 6.5 ms as three Conv1d calls, whose per-call overhead
+    embeddings, 3 x 100 maps) took 4.8 ms this way against 6.5 ms as three Conv1d calls, whose per-call overhead
     dominates such short texts (2026-12-02). The exported graph does the same with one Conv (MergedTextCNN).
     """
 
