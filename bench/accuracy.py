@@ -388,7 +388,8 @@ def main() -> None:
             runs = [run_ours(split, extra, seed=seed, device=args.device)
                     for seed in [args.seed, *args.extra_seeds]]
             ours[preset] = runs[0] if len(runs) == 1 else mean_of_seeds(runs, [args.seed, *args.extra_seeds])
-            print(f"  ours [{preset}]: {json.dumps({k: v for k, v in ours[preset].items() if k != 'spec'})}",
+            shown = {k: v for k, v in ours[preset].items() if k not in ("spec", "per_seed")}
+            print(f"  ours [{preset}]: {json.dumps(shown)}",
                   file=sys.stderr, flush=True)
         fasttext_result = run_fasttext(split, seed=args.seed)
         print(f"  fastText: {json.dumps(fasttext_result)}", file=sys.stderr, flush=True)
