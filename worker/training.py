@@ -177,12 +177,30 @@ def _run(sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.U
     except OperationalError:
         raise  # infrastructure: Celery retries the task
     except Exception as exc:
+        interrupt = interrupt_behind(exc)
+        if interrupt is not None:
+            # The process was told to stop (Celery terminates the task when the broker connection is lost) while
+            # a library was mid-write, and the library's cleanup raised its own error over the exit: torch.save's
+            # zip writer did ("unexpected pos"). Exit as told: the job is re-queued, not failed.
+            raise interrupt from None
         log.exception("job %s: unexpected error", job_id)
         _fail(sessionmaker, job_id, owner, ErrorCode.training_error,
               f"Training failed unexpectedly ({type(exc).__name__}).")
         return JobStatus.failed
     log.info("job %s succeeded: model %s, val accuracy %.4f", job_id, model_id, metrics.get("val_accuracy", 0.0))
     return JobStatus.succeeded
+
+
+def interrupt_behind(exc: BaseException) -> BaseException | None:
+    """The SystemExit or KeyboardInterrupt that `exc` was raised while handling, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if not isinstance(current, Exception):
+            return current
+        seen.add(id(current))
+        current = current.__context__
+    return None
 
 
 class JobHeartbeat:

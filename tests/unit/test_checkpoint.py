@@ -112,3 +112,34 @@ def test_the_worker_modules_do_not_load_torch_at_import():
     code = "import sys, worker.training, worker.ml.checkpoint; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_stop_signal_masked_by_a_library_error_still_stops_the_job_process(monkeypatch):
+    """Celery terminates the task (SystemExit in the process) when the broker connection is lost. Arriving inside
+    torch.save, the zip writer's cleanup raised RuntimeError("unexpected pos ...") over it, and the job was
+    marked failed instead of being re-queued (seen in tests/e2e/test_outages.py). The exit must win."""
+    import uuid
+
+    from worker import training
+
+    def interrupted(*_args, **_kwargs):
+        try:
+            raise SystemExit(-241)  # what billiard raises on SIGTERM
+        except SystemExit:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 416896 vs 416800")
+
+    monkeypatch.setattr(training, "_train_and_register", interrupted)
+    # No sessionmaker: marking the job failed would need one, so any attempt to do so fails this test.
+    with pytest.raises(SystemExit) as stopped:
+        training._run(None, None, uuid.uuid4(), "worker-1", None, None, None)
+    assert stopped.value.code == -241
+
+    plain = RuntimeError("a real bug")
+    assert training.interrupt_behind(plain) is None
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ValueError("cleanup failed")
+    except ValueError as masked:
+        assert isinstance(training.interrupt_behind(masked), KeyboardInterrupt)
