@@ -1,5 +1,5 @@
 # One source tree, two images:
-#   docker build --target api    -t textclf:api .     # Flask + gunicorn + onnxruntime; never torch
+#   docker build --target api    -t textclf:api .     # Flask + Granian + onnxruntime; never torch
 #   docker build --target worker -t textclf:worker .  # adds torch (CUDA build from PyPI) for Celery training
 # compose.yaml builds both and also runs the one-shot `textclf migrate` from the api image.
 
@@ -60,5 +60,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
-# No --preload: onnxruntime sessions must be created after the fork, one set per worker.
-CMD ["gunicorn", "--config", "python:app.gunicorn_conf", "--workers", "2", "--bind", "0.0.0.0:8000", "--timeout", "60", "app:create_app()"]
+# Granian with API_WORKERS processes; each makes its own onnxruntime sessions after it starts.
+CMD ["textclf", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -15,14 +15,25 @@ from rich.console import Console
 from app import client_cli, sweep_cli
 from app.config import get_settings
 from app.keys_cli import bootstrap_admin_key, keys, warn_auth_off
+from app.worker_start import EXIT_CANNOT_START
 
 console = Console(stderr=True)
 
 
 @click.group()
 @click.version_option(package_name="textclf")
-def main() -> None:
+@client_cli.connection_options(top=True)
+@click.pass_context
+def main(ctx: click.Context, url: str, key: str | None) -> None:
     """textclf: train text classifiers on demand and serve them."""
+    client_verbs = {command.name for command in (*client_cli.COMMANDS, sweep_cli.sweep)}
+    given = [f"--{name}" for name in ("url", "key")
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if given and ctx.invoked_subcommand not in client_verbs:
+        # `textclf --url URL keys create` would otherwise make the key in the local database, not on that server.
+        raise click.UsageError(f"{'/'.join(given)} is for the client commands ({', '.join(sorted(client_verbs))}); "
+                               f"`{ctx.invoked_subcommand}` works on this machine's settings (DATABASE_URL)")
+    ctx.obj = client_cli.Connection(url, key)
 
 
 main.add_command(keys)
@@ -48,10 +59,19 @@ def worker_command(settings) -> list[str]:
     return cmd
 
 
-def api_command(settings, host: str, port: int) -> list[str]:
-    """The gunicorn command line for the API (no --preload: onnxruntime sessions are made after the fork)."""
-    return [sys.executable, "-m", "gunicorn", "--config", "python:app.gunicorn_conf", "--workers",
-            str(settings.api_workers), "--bind", f"{host}:{port}", "--timeout", "60", "app:create_app()"]
+def api_command(host: str, port: int) -> list[str]:
+    """The command line of the API role (`textclf api`), as `textclf serve` starts it."""
+    return [sys.executable, "-m", "app.cli", "api", "--host", host, "--port", str(port)]
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+def api(host: str, port: int) -> None:
+    """Run the API alone: Granian with API_WORKERS processes (production: behind compose's port)."""
+    from app import server
+
+    server.run(get_settings(), host, port)
 
 
 @main.command()
@@ -82,7 +102,7 @@ def reaper(interval: float | None, health_file: Path | None) -> None:
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option("--no-worker", is_flag=True, help="Serve the API only (workers run elsewhere).")
 def serve(host: str, port: int, no_worker: bool) -> None:
-    """Run the whole service: migrations, the API under gunicorn, a training worker and the reaper of lost jobs,
+    """Run the whole service: migrations, the API under Granian, a training worker and the reaper of lost jobs,
     each restarted if it dies."""
     from app.migrate import upgrade
 
@@ -101,7 +121,7 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     # Children read the same settings from the environment; pin the resolved paths so a different cwd agrees.
     env = {**os.environ, "TEXTCLF_DATA_DIR": str(settings.data_dir), "DATABASE_URL": settings.database_url,
            "CELERY_BROKER_URL": settings.celery_broker_url, "ARTIFACT_DIR": str(settings.artifact_dir)}
-    commands = {"api": api_command(settings, host, port),
+    commands = {"api": api_command(host, port),
                 "reaper": [sys.executable, "-m", "app.cli", "reaper"]}
     if not no_worker:
         commands["worker"] = worker_command(settings)
@@ -109,7 +129,8 @@ def serve(host: str, port: int, no_worker: bool) -> None:
 
 
 class Supervisor:
-    """Keeps child processes running: restarts one that dies, stops all on SIGINT/SIGTERM."""
+    """Keeps child processes running: restarts one that dies (but not one that exits with EXIT_CANNOT_START),
+    stops all on SIGINT/SIGTERM."""
 
     def __init__(self, commands: dict[str, list[str]], env: dict[str, str]):
         self.commands = commands
@@ -133,6 +154,12 @@ class Supervisor:
                 for name, proc in list(self.procs.items()):
                     code = proc.poll()
                     if code is None or self.stopping:
+                        continue
+                    if code == EXIT_CANNOT_START:
+                        # It said why (missing dependencies); restarting cannot fix that. The others keep running.
+                        console.print(f"[red]{name} cannot start here (exit {code}, see above); not restarting it"
+                                      "[/red]")
+                        del self.procs[name]
                         continue
                     now = time.monotonic()
                     recent = [t for t in restarts[name] if now - t < 60] + [now]

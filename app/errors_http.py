@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 _HTTP_CODES = {
     400: ErrorCode.bad_request, 401: ErrorCode.unauthorized, 403: ErrorCode.forbidden, 404: ErrorCode.not_found,
     405: ErrorCode.method_not_allowed, 409: ErrorCode.conflict, 413: ErrorCode.payload_too_large,
-    415: ErrorCode.unsupported_media_type, 429: ErrorCode.rate_limited,
+    414: ErrorCode.uri_too_long, 415: ErrorCode.unsupported_media_type, 429: ErrorCode.rate_limited,
+    431: ErrorCode.headers_too_large,
 }
 
 

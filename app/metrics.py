@@ -1,7 +1,7 @@
 """Prometheus metrics of the API (GET /metrics).
 
-Under gunicorn every worker process writes its counters to files in PROMETHEUS_MULTIPROC_DIR (set by
-app/gunicorn_conf.py before the workers start) and a scrape adds them up, so any worker can answer /metrics.
+Under Granian every worker process writes its counters to files in PROMETHEUS_MULTIPROC_DIR (set by
+app/server.py before the workers start) and a scrape adds them up, so any worker can answer /metrics.
 Job figures are read from the database at scrape time: the database is the source of truth for jobs.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -65,21 +66,46 @@ class JobCollector(Collector):
 
 
 class _ThisProcess(Collector):
-    """The metrics of this process alone (tests, a single process without gunicorn)."""
+    """The metrics of this process alone (tests, a single process without the server's workers)."""
 
     def collect(self) -> Iterator[Metric]:
         yield from REGISTRY.collect()
 
 
 def render(session_factory: sessionmaker[Session]) -> tuple[bytes, str]:
-    """The text exposition of every metric: this process's (or all gunicorn workers') plus the job figures."""
+    """The text exposition of every metric: this process's (or all API workers') plus the job figures."""
     registry = CollectorRegistry()
     # prometheus_client itself chooses per-process files by this variable, when it is first imported.
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         from prometheus_client import multiprocess
 
+        _drop_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_ThisProcess())
     registry.register(JobCollector(session_factory))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+
+
+def _drop_dead_workers(folder: str) -> None:
+    """Forget the live gauges of API workers that exited (Granian respawns a dead worker under a new pid and
+    has no exit hook to tell prometheus_client), so a livesum counts the processes alive now."""
+    from prometheus_client import multiprocess
+
+    for name in os.listdir(folder):
+        match = _LIVE_GAUGE_FILE.match(name)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -167,7 +167,7 @@ class Stack:
                     # Faults, not strangers, are under test here: no keys, no rate limits (unless a caller asks).
                     "AUTH_REQUIRED": "false", "RATE_LIMIT_ENABLED": "false", **env}
         self.commands = {
-            "api": api_command(self.settings, "127.0.0.1", self.port),
+            "api": api_command("127.0.0.1", self.port),
             "worker": worker_command(self.settings),
             "reaper": [sys.executable, "-m", "app.cli", "reaper"],
         }

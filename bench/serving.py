@@ -294,7 +294,7 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(workdir / "api.log", "wb") as log:
-        api = subprocess.Popen(api_command(settings, "127.0.0.1", port), env=env, stdout=log,
+        api = subprocess.Popen(api_command("127.0.0.1", port), env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     report: dict = {"dataset": args.dataset, "workers": args.workers, "duration_s": args.duration,
                     "load_generator": GENERATOR.__name__, "cores": len(os.sched_getaffinity(0))}

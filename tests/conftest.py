@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -189,14 +190,42 @@ def upload_tiny(base: str) -> str:
 
 
 def wait_running(base: str, job_id: str, timeout: float = 120.0) -> dict:
-    """Poll until the job is running and has finished at least one epoch (bounded)."""
+    """Poll until the job is running and has finished at least one epoch (bounded). A job that ended first
+    fails the test at once: give it more epochs than a fast machine trains between two polls."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = requests.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
         if job["status"] == "running" and job["history"]:
             return job
-        time.sleep(0.2)
+        assert job["status"] in ("queued", "running"), f"job {job_id} ended before it was seen training: {job}"
+        time.sleep(0.05)
     raise AssertionError(f"job {job_id} was not training after {timeout}s: {job}")
+
+
+@contextmanager
+def frozen(pids: list[int], seconds: float = 0.0) -> Iterator[None]:
+    """Stop the processes (SIGSTOP) for the block, and at least `seconds`, then continue them: a test injects
+    "this step is slow" instead of hoping the machine is slow enough."""
+    import signal
+
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    until = time.monotonic() + seconds
+    try:
+        yield
+        time.sleep(max(0.0, until - time.monotonic()))
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def wait_for_log(procs: Processes, name: str, text: str, timeout: float = 60.0) -> None:
+    """Wait until the process's log contains `text` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while text not in procs.log(name):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} never logged {text!r}:\n{procs.log(name)[-3000:]}")
+        time.sleep(0.1)
 
 
 def children(pid: int) -> list[int]:

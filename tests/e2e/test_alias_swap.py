@@ -38,7 +38,7 @@ def test_alias_moves_under_load_with_no_failed_request(tmp_path: Path, processes
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**child_env(settings), "API_WORKERS": "2", "MODEL_REFRESH_SECONDS": "0.5", "LOG_FORMAT": "json"}
-    processes.start("api", api_command(settings, "127.0.0.1", port), env)
+    processes.start("api", api_command("127.0.0.1", port), env)
     wait_http(f"{base}/healthz", procs=processes)
 
     engine = make_engine(settings.database_url)

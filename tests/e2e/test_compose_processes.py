@@ -23,10 +23,10 @@ BIN = Path(sys.executable).parent
 
 
 def compose_command(service: dict, port: int) -> list[str]:
-    """The service's command with the venv's executables and a loopback bind."""
+    """The service's command with the venv's executables and a loopback bind (`--host 0.0.0.0 --port 8000`)."""
     argv = shlex.split(service["command"]) if isinstance(service["command"], str) else list(service["command"])
     argv[0] = str(BIN / argv[0])
-    return [a.replace("0.0.0.0:8000", f"127.0.0.1:{port}") for a in argv]
+    return [{"0.0.0.0": "127.0.0.1", "8000": str(port)}.get(a, a) for a in argv]
 
 
 def test_compose_roles_run_as_processes(tmp_path: Path, processes, pg_url, redis_url):

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import children, start_serve, upload_tiny, wait_job, wait_running, worker_pid
+from tests.conftest import (children, frozen, start_serve, upload_tiny, wait_for_log, wait_job, wait_running,
+                            worker_pid)
+from worker.ml.train import CANCEL_CHECK_EVERY_S
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -21,12 +23,15 @@ def test_sigkill_of_the_training_process_mid_epoch_requeues_and_the_job_succeeds
                                                  "early_stopping": None},
                         timeout=10).json()
 
-    # Wait until it trains (an epoch is recorded), then SIGKILL the process doing the training.
-    state = wait_running(base, job["id"])
-    assert state["attempts"] == 1, state
-    main = worker_pid(serve.pid)
-    trainers = children(main)
+    # Wait until it trains (an epoch is recorded), freeze the process doing the training (so what we read of
+    # the job is where it stands when it dies), then SIGKILL it.
+    wait_running(base, job["id"])
+    trainers = children(worker_pid(serve.pid))
     assert trainers, "no Celery pool process found"
+    for pid in trainers:
+        os.kill(pid, signal.SIGSTOP)
+    state = requests.get(f"{base}/v1/jobs/{job['id']}", timeout=10).json()
+    assert state["attempts"] == 1 and state["status"] == "running", state
     for pid in trainers:
         os.kill(pid, signal.SIGKILL)
 
@@ -83,8 +88,11 @@ def test_cancel_a_running_job_through_the_api_and_its_process_exits(tmp_path: Pa
     wait_running(base, job["id"])
     trainer = children(worker_pid(serve.pid))
     assert len(trainer) == 1
-    reply = requests.post(f"{base}/v1/jobs/{job['id']}/cancel", timeout=10)
-    assert reply.status_code == 202 and reply.json()["status"] == "cancelling"
+    # Frozen longer than the loop's cancel-check interval, the trainer checks the flag at its very next step:
+    # however fast this machine trains, the 200 epochs cannot all run before it sees the cancel.
+    with frozen(trainer, seconds=CANCEL_CHECK_EVERY_S + 0.5):
+        reply = requests.post(f"{base}/v1/jobs/{job['id']}/cancel", timeout=10)
+        assert reply.status_code == 202 and reply.json()["status"] == "cancelling"
     final = wait_job(base, job["id"], timeout=60)
     assert final["status"] == "cancelled" and final["model_id"] is None and len(final["history"]) < 200
     # One job per process: the process that trained it exits and frees its memory (and GPU, on a GPU worker).
@@ -95,9 +103,16 @@ def test_cancel_a_running_job_through_the_api_and_its_process_exits(tmp_path: Pa
 
 
 def test_a_job_past_its_time_limit_fails_cleanly(tmp_path: Path, processes):
-    base, _, settings = start_serve(tmp_path, processes)
+    base, serve, settings = start_serve(tmp_path, processes)
     job = requests.post(f"{base}/v1/jobs", json={"dataset_id": upload_tiny(base), "epochs": 200, "batch_size": 4,
                                                  "early_stopping": None, "max_runtime_seconds": 10}, timeout=10).json()
+    wait_running(base, job["id"])
+    # The clock runs on while the trainer is frozen: the job is past its limit whatever this machine's speed.
+    # It is thawed once Celery has sent it the soft time limit's signal (the worker logs that), so the signal
+    # is what ends it, not the hard kill 60 s later.
+    trainer = children(worker_pid(serve.pid))
+    with frozen(trainer):
+        wait_for_log(processes, "serve", "Soft time limit (10s) exceeded", timeout=60)
     final = wait_job(base, job["id"], timeout=120)
     assert final["status"] == "failed" and final["error"]["code"] == "time_limit_exceeded", final
     assert final["model_id"] is None and 0 < len(final["history"]) < 200

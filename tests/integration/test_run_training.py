@@ -131,26 +131,38 @@ def test_cancel_a_queued_job_then_its_message_trains_nothing(pg):
         assert job.status == "cancelled" and job.model_id is None and job.attempts == 0
 
 
-def test_cancel_a_running_job_stops_it_within_seconds(pg):
+def test_cancel_a_running_job_stops_it_within_seconds(pg, monkeypatch):
     import threading
     import time
 
+    from worker import training
+    from worker.ml import train
+
     settings, sm = pg
     job_id = queue_job(settings, sm, epochs=200, early_stopping=None)  # minutes of training if nothing stopped it
+    # Injected order, whatever the machine's speed: the loop checks for a cancel at every step, and its 30th
+    # check (two epochs in) waits until the test has asked to cancel.
+    monkeypatch.setattr(train, "CANCEL_CHECK_EVERY_S", 0.0)
+    real_check, calls = training._cancel_requested, []
+    paused, asked_to_cancel = threading.Event(), threading.Event()
+
+    def check_after_the_request(sm_, job_id_) -> bool:
+        calls.append(1)
+        if len(calls) == 30:
+            paused.set()
+            asked_to_cancel.wait(30)
+        return real_check(sm_, job_id_)
+
+    monkeypatch.setattr(training, "_cancel_requested", check_after_the_request)
     result: list[str] = []
     thread = threading.Thread(target=lambda: result.append(
         run_training(sessionmaker=sm, settings=settings, job_id=job_id)))
     thread.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with sm() as s:
-            job = jobs.get_job(session=s, job_id=job_id)
-            if job.status == "running" and job.history:
-                break
-        time.sleep(0.2)
+    assert paused.wait(60), "training never reached its 30th cancel check"
     with sm.begin() as s:
         assert jobs.request_cancel(session=s, job_id=job_id) == "cancelling"
     asked = time.monotonic()
+    asked_to_cancel.set()
     thread.join(timeout=30)
     assert result == ["cancelled"] and time.monotonic() - asked < 10
     with sm() as s:

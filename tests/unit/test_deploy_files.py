@@ -29,7 +29,7 @@ ARTIFACT_DIR = "/var/lib/textclf/artifacts"
 # The exact commands of each role; the e2e tests start the same strings as local processes.
 COMMANDS = {
     "migrate": "textclf migrate",
-    "api": 'gunicorn --config python:app.gunicorn_conf --workers 2 --bind 0.0.0.0:8000 --timeout 60 "app:create_app()"',
+    "api": "textclf api --host 0.0.0.0 --port 8000",
     "worker": "celery -A worker.celery_app worker --loglevel INFO --concurrency 1 --max-tasks-per-child 1",
     "reaper": "textclf reaper --health-file /tmp/textclf-reaper.alive",
 }
