@@ -21,6 +21,8 @@ class ErrorCode(StrEnum):
     conflict = "conflict"
     model_not_ready = "model_not_ready"
     payload_too_large = "payload_too_large"
+    uri_too_long = "uri_too_long"
+    headers_too_large = "headers_too_large"
     unsupported_media_type = "unsupported_media_type"
     rate_limited = "rate_limited"
     unavailable = "unavailable"

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shlex
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ErrorCode, ServiceError
+from app.spec import MAX_LABEL_CHARS
 
 MAX_COLUMNS = 1000
 RARE_LABEL_COUNT = 10  # fewer examples than this can barely be learned, let alone evaluated
@@ -26,6 +28,24 @@ SHOWN = 5  # offending lines and examples quoted per error or warning; enough to
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON "\ud800" escapes decode to strings UTF-8 cannot store
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+# Files saved or exported instead of text, known by their first bytes: a 415 naming what to send says more than
+# the "NUL bytes" or "not UTF-8" that decoding them would report. Not by file name: tools export TSV as ".xls".
+_BINARY_FORMATS = [  # (pattern at the start, short name, what it is)
+    (rb"PK(\x03\x04|\x05\x06|\x07\x08)", "zip", "a ZIP archive (an .xlsx, .docx or .ods file is one)"),
+    (rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "ole2", "an Excel 97-2003 workbook (.xls) or another OLE2 document"),
+    (rb"%PDF-", "pdf", "a PDF document"),
+    (rb"PAR1", "parquet", "a Parquet file"),
+    (rb"ARROW1\x00", "arrow", "an Arrow or Feather file"),
+    (rb"SQLite format 3\x00", "sqlite", "an SQLite database"),
+    (rb"\x1f\x8b", "gzip", "a gzip-compressed file"),
+    (rb"BZh[1-9]1AY&SY", "bzip2", "a bzip2-compressed file"),
+    (rb"\xfd7zXZ\x00", "xz", "an xz-compressed file"),
+    (rb"\x28\xb5\x2f\xfd", "zstd", "a Zstandard-compressed file"),
+    (rb"7z\xbc\xaf\x27\x1c", "7z", "a 7-Zip archive"),
+]
+SUPPORTED_FORMATS = ["csv", "tsv", "jsonl", "json"]
+# How an upload names its own columns (JSON keys); said wherever one is missing.
+_COLUMN_PARAMETERS = "the text_column and label_column form fields or query parameters"
 _CONTENT_TYPES = {
     "text/csv": "csv", "application/csv": "csv",
     "application/vnd.ms-excel": "csv",  # what browsers on Windows send for a .csv file
@@ -45,6 +65,7 @@ class Limits:
     max_rows: int
     max_text_chars: int
     max_labels: int
+    max_labels_total_bytes: int | None = None  # the distinct labels' UTF-8 bytes together; None: no bound
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,7 @@ class ParsedDataset:
 def parse_upload(data: bytes, *, filename: str | None, content_type: str | None,
                  text_column: str = "text", label_column: str = "label", limits: Limits) -> ParsedDataset:
     """Clean records from an uploaded CSV, TSV, JSONL or JSON file; ServiceError(invalid_dataset) says why not."""
+    _refuse_binary_formats(data)
     text = _decode(data)
     fmt = _detect_format(text, filename, content_type)
     if fmt == "json":
@@ -133,6 +155,17 @@ def _line_at(data: bytes, offset: int) -> int:
     """1-based line number of a byte offset, counting LF, CRLF and lone CR as line ends."""
     head = data[:offset]
     return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+
+
+def _refuse_binary_formats(data: bytes) -> None:
+    """A 415 for a spreadsheet, document, archive or columnar file, saying which formats to send instead."""
+    for magic, short, what in _BINARY_FORMATS:
+        if re.match(magic, data):
+            raise ServiceError(ErrorCode.unsupported_media_type,
+                               f"The file is {what}, not text. Upload UTF-8 text: CSV or TSV with a header row, "
+                               "JSON Lines, or a JSON array of records (as a multipart file or a raw body); "
+                               "export or decompress it to one of those first.",
+                               status=415, details={"detected": short, "supported": SUPPORTED_FORMATS})
 
 
 def _decode(data: bytes) -> str:
@@ -226,11 +259,23 @@ def _columns(header: list[str], text_column: str, label_column: str, kind: str) 
                        lines=[1], columns=duplicates)
     if missing := [name for name in (text_column, label_column) if name not in header]:
         found = ", ".join(map(repr, header[:20])) + (", ..." if len(header) > 20 else "")
+        parameters = _column_suggestions(header, text_column, label_column)
+        example = " ".join(f"-F {shlex.quote(f'{p}={name}')}" for p, name in parameters.items() if name)
         hint = "" if len(header) > 1 else " Is the file's separator something other than the one expected?"
         raise _invalid(f"The {kind} header has no {' or '.join(map(repr, missing))} column (found: {found}). "
-                       f"The first line must name the columns.{hint}",
-                       lines=[1], missing=missing, found=header[:20])
+                       f"The first line must name the columns; choose yours with {_COLUMN_PARAMETERS}"
+                       f"{f', e.g. {example}' if example else ''}.{hint}",
+                       lines=[1], missing=missing, found=header[:20], parameters=parameters)
     return header.index(text_column), header.index(label_column)
+
+
+def _column_suggestions(header: list[str], text_column: str, label_column: str) -> dict[str, str | None]:
+    """For each missing column, its parameter and an unused header name to give it (in header order), if any."""
+    # A header of one column means a wrong separator, not other names: it has no names to suggest.
+    spare = iter([name for name in header if name not in (text_column, label_column)] if len(header) > 1 else [])
+    return {parameter: next(spare, None) for parameter, name in (("text_column", text_column),
+                                                                ("label_column", label_column))
+            if name not in header}
 
 
 def _check_swallowed(rows: list[Row], delimiter: str, width: int, label_index: int) -> None:
@@ -300,7 +345,8 @@ def _record(obj: Any, text_key: str, label_key: str) -> tuple[str, str]:
     if not isinstance(obj, dict):
         raise ValueError(f"Record is not a JSON object with {text_key!r} and {label_key!r}")
     if missing := [key for key in (text_key, label_key) if key not in obj]:
-        raise ValueError(f"Record has no {' or '.join(map(repr, missing))} key")
+        raise ValueError(f"Record has no {' or '.join(map(repr, missing))} key (choose other keys with "
+                         f"{_COLUMN_PARAMETERS})")
     text, label = obj[text_key], obj[label_key]
     if not isinstance(text, str):
         raise ValueError(f"{text_key!r} is not a string")
@@ -312,6 +358,7 @@ def _record(obj: Any, text_key: str, label_key: str) -> tuple[str, str]:
 def _build(rows: list[Row], key: str, fmt: str, limits: Limits) -> ParsedDataset:
     """Check the rows as a whole dataset and describe it."""
     texts, labels, dropped, problems = [], [], [], defaultdict(list)
+    too_long = None  # the reason for long labels, quoting the first one met
     for where, text, label in rows:
         if not text.strip():
             dropped.append(where)
@@ -321,6 +368,9 @@ def _build(rows: list[Row], key: str, fmt: str, limits: Limits) -> ParsedDataset
             problems["Empty label"].append(where)
         elif "\n" in label or "\r" in label:
             problems["Label spans several lines (an unclosed double quote?)"].append(where)
+        elif len(label) > MAX_LABEL_CHARS:  # every prediction repeats its labels: keep them names, not texts
+            too_long = too_long or f"Label longer than {MAX_LABEL_CHARS} characters (first: {_shorten(label, 40)!r})"
+            problems[too_long].append(where)
         if len(text) > limits.max_text_chars:
             problems[f"Text longer than {limits.max_text_chars} characters"].append(where)
         if "\x00" in text or "\x00" in label:  # PostgreSQL cannot store U+0000 in text
@@ -343,6 +393,10 @@ def _build(rows: list[Row], key: str, fmt: str, limits: Limits) -> ParsedDataset
                        labels=list(counts))
     if len(counts) > limits.max_labels:
         raise _invalid(f"The dataset has {len(counts)} distinct labels; at most {limits.max_labels} are allowed.")
+    total, limit = sum(len(label.encode()) for label in counts), limits.max_labels_total_bytes
+    if limit is not None and total > limit:
+        raise _invalid(f"The dataset's {len(counts)} distinct labels take {total} bytes together (UTF-8); at most "
+                       f"{limit} are allowed: shorten them.", labels_total_bytes=total, max_labels_total_bytes=limit)
     digest = hashlib.sha256()
     for line in _canonical_lines(texts, labels):
         digest.update(line)

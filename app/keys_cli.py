@@ -47,8 +47,20 @@ def keys() -> None:
     """Create, list and revoke API keys (on DATABASE_URL directly)."""
 
 
+def _name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """The same rule as POST /v1/keys: this command writes to the database directly."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from app.spec import Name
+
+    try:
+        return TypeAdapter(Name).validate_python(value)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"]) from None
+
+
 @keys.command("create")
-@click.option("--name", required=True, help="Who or what will use the key.")
+@click.option("--name", required=True, callback=_name, help="Who or what will use the key.")
 @click.option("--scope", "scopes", required=True, multiple=True, type=click.Choice([s.value for s in Scope]),
               help="read, train, predict or admin; repeat for several.")
 def create(name: str, scopes: tuple[str, ...]) -> None:

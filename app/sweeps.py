@@ -20,7 +20,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from app.spec import ALIAS_PATTERN, NAME_PATTERN, EpochRecord, JobError, JobStatus, TrainingSpec, _Strict
+from app.spec import ALIAS_PATTERN, EpochRecord, JobError, JobStatus, Name, TrainingSpec, _Strict
 
 SweepMetric = Literal["val_macro_f1", "val_accuracy", "val_loss"]
 # Spec fields a sweep may not vary: they say what the sweep is about, not how to train.
@@ -68,8 +68,7 @@ class SweepCreate(_Strict):
     """`POST /v1/sweeps`: a base spec and a grid or a random search over spec fields named by dotted paths."""
 
     dataset_id: UUID = Field(description="The dataset every child trains on.")
-    name: str | None = Field(None, min_length=1, max_length=200, pattern=NAME_PATTERN,
-                             description="Names the sweep; children's models get it too (versions 1, 2, ...).")
+    name: Name | None = Field(None, description="Names the sweep; children's models get it too (versions 1, 2, ...).")
     base: dict[str, Any] = Field(default_factory=dict,
                                  description="The training spec every child starts from (without dataset_id).")
     grid: dict[str, Annotated[list[ParamValue], Field(min_length=1, max_length=MAX_VALUES_PER_KEY)]] | None = Field(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from flask import Blueprint, request
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from app import ingest
@@ -14,9 +14,9 @@ from app.api import idempotency
 from app.api.common import json_body, page_args, parse, parse_uuid
 from app.db import datasets, jobs
 from app.db.models import Dataset
-from app.errors import ErrorCode, ServiceError
+from app.errors import ErrorCode, ServiceError, validation_details
 from app.extensions import get_session, state
-from app.spec import NAME_PATTERN, DatasetCreate, DatasetRead
+from app.spec import DatasetCreate, DatasetRead, Name
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
@@ -24,11 +24,13 @@ log = logging.getLogger(__name__)
 # Raw uploads (curl --data-binary) name their format by content type.
 _RAW_TYPES = {"text/csv", "text/tab-separated-values", "application/x-ndjson", "application/jsonl",
               "application/json-lines", "text/plain", "application/octet-stream"}
+_NAME = TypeAdapter(Name)  # a form field or query parameter: the same rule as a JSON body's name
 
 
 def _limits() -> ingest.Limits:
     s = state().settings
-    return ingest.Limits(max_rows=s.max_dataset_rows, max_text_chars=s.max_text_chars, max_labels=s.max_labels)
+    return ingest.Limits(max_rows=s.max_dataset_rows, max_text_chars=s.max_text_chars, max_labels=s.max_labels,
+                         max_labels_total_bytes=s.max_labels_total_bytes)
 
 
 def _read_upload() -> tuple[str, ingest.ParsedDataset]:
@@ -62,9 +64,11 @@ def _read_upload() -> tuple[str, ingest.ParsedDataset]:
 def create_dataset():
     key = idempotency.request_key()
     name, parsed = _read_upload()
-    if not 1 <= len(name) <= 200 or not re.match(NAME_PATTERN, name):
-        raise ServiceError(ErrorCode.validation_error, "name must be 1 to 200 characters, no control characters.",
-                           422, [{"loc": ["name"], "msg": "invalid name", "type": "value_error"}])
+    try:
+        _NAME.validate_python(name)
+    except ValidationError as exc:
+        details = [{**d, "loc": ["name", *d["loc"]]} for d in validation_details(exc)]
+        raise ServiceError(ErrorCode.validation_error, f"name: {details[0]['msg']}.", 422, details) from None
     request_hash = idempotency.fingerprint({"name": name, "sha256": parsed.sha256, "format": parsed.format})
     session = get_session()
     if stored := idempotency.replay(session, "datasets", key, request_hash):
@@ -94,8 +98,11 @@ def list_datasets():
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-def _dataset_or_404(dataset_id: str) -> Dataset:
-    dataset = datasets.get_dataset(session=get_session(), dataset_id=parse_uuid(dataset_id, "dataset"))
+def _dataset_or_404(dataset_id: str, *, lock: bool = False) -> Dataset:
+    """The dataset; with `lock`, held exclusively until the request's transaction ends (to delete it)."""
+    session, uid = get_session(), parse_uuid(dataset_id, "dataset")
+    dataset = (datasets.lock_dataset(session=session, dataset_id=uid, exclusive=True) if lock
+               else datasets.get_dataset(session=session, dataset_id=uid))
     if dataset is None:
         raise ServiceError(ErrorCode.not_found, f"No dataset with id {dataset_id}.", 404)
     return dataset
@@ -108,7 +115,9 @@ def get_dataset(dataset_id: str):
 
 @bp.delete("/datasets/<dataset_id>")
 def delete_dataset(dataset_id: str):
-    dataset = _dataset_or_404(dataset_id)
+    # Locked before the in-use check: a job being created on it either committed first (seen here: 409) or
+    # waits for this delete and then finds no dataset (app/db/datasets.py lock_dataset).
+    dataset = _dataset_or_404(dataset_id, lock=True)
     session = get_session()
     if jobs.dataset_in_use(session=session, dataset_id=dataset.id):
         raise ServiceError(ErrorCode.conflict, "A queued or running job uses this dataset; wait for it or cancel it.",

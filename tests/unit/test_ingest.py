@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import io
 import json
+import lzma
 
 import pytest
 
@@ -223,6 +227,7 @@ BAD_UPLOADS = [
      "starting on line 2", [2]),
     ("wrong field count", "text,label\na,pos\nb,neg,extra\nc\nd,pos\n", {}, "Wrong number of fields", [3, 4]),
     ("empty label", "text,label\na,pos\nb,\nc,  \n", {}, "Empty label: lines 3, 4", [3, 4]),
+    ("label too long", "text,label\na,pos\nb," + "x" * 201 + "\n", {}, "Label longer than 200 characters", [3]),
     ("label with newline", 'text,label\na,pos\nb,"neg\nc"\n', {}, "Label spans several lines", [3]),
     ("tsv wrong field count", "text\tlabel\na\tpos\tx\nb\tneg\n", {"filename": "d.tsv"}, "Wrong number", [2]),
     ("malformed json line", '{"text": "a", "label": "x"}\n{"text": "b", "label": }\n\n{oops\n',
@@ -286,3 +291,95 @@ def test_bad_json_records_bodies(records, words):
     with pytest.raises(ServiceError) as e:
         parse_records(records, limits=LIMITS)
     assert e.value.code == ErrorCode.invalid_dataset and words in e.value.message
+
+
+# label bounds (a label is echoed in every prediction, model card and dataset listing)
+
+
+def test_a_label_of_200_characters_is_kept_and_a_longer_one_is_refused_by_name():
+    ok = "x" * 200
+    assert set(upload(csv_text(labels=[ok if i % 2 else "neg" for i in range(20)])).labels) == {ok, "neg"}
+    long = "category-" + "y" * 99_991  # the issue's 100,000-character label
+    with pytest.raises(ServiceError) as e:
+        upload(csv_text(labels=[long if i % 2 else "neg" for i in range(20)]))
+    error = e.value
+    assert error.code == ErrorCode.invalid_dataset and error.status == 422
+    assert "Label longer than 200 characters" in error.message and "'category-yyy" in error.message
+    assert len(error.message) < 300  # the label is quoted shortened, not whole
+    assert error.details == {"lines": [3, 5, 7, 9, 11], "count": 10}
+
+
+def test_labels_longer_together_than_the_limit_are_refused():
+    labels = [f"{'ab'[i % 2]}" * 150 for i in range(20)]  # two distinct labels of 150 bytes: 300 together
+    limits = Limits(max_rows=100, max_text_chars=100, max_labels=3, max_labels_total_bytes=299)
+    with pytest.raises(ServiceError) as e:
+        upload(csv_text(labels=labels), limits=limits)
+    error = e.value
+    assert error.code == ErrorCode.invalid_dataset and error.status == 422
+    assert "2 distinct labels take 300 bytes" in error.message and "at most 299" in error.message
+    assert error.details == {"labels_total_bytes": 300, "max_labels_total_bytes": 299}
+    assert upload(csv_text(labels=labels), limits=Limits(100, 100, 3, max_labels_total_bytes=300)).labels == labels
+
+
+# choosing other columns
+
+
+def test_a_missing_column_says_how_to_choose_the_columns():
+    with pytest.raises(ServiceError) as e:
+        upload("question,category\nwhat is it,DESC\nwho is he,HUM\n")
+    error = e.value
+    assert "no 'text' or 'label' column (found: 'question', 'category')" in error.message
+    assert "text_column=question" in error.message and "label_column=category" in error.message
+    assert error.details["parameters"] == {"text_column": "question", "label_column": "category"}
+    with pytest.raises(ServiceError) as e:  # only the missing one is suggested
+        upload("text,category,source\nwhat is it,DESC,a\nwho is he,HUM,b\n")
+    assert e.value.message.endswith("e.g. -F label_column=category.")
+    assert e.value.details["parameters"] == {"label_column": "category"}
+
+
+def test_a_jsonl_record_without_the_keys_says_how_to_choose_them():
+    with pytest.raises(ServiceError) as e:
+        upload('{"question": "what", "category": "x"}\n', filename="d.jsonl")
+    assert "text_column" in e.value.message and "label_column" in e.value.message
+
+
+# binary formats are not datasets
+
+
+def _zip(name: str) -> bytes:
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr(name, "<xml/>")
+    return buffer.getvalue()
+
+
+BINARY_FORMATS = {
+    "xlsx": (_zip("[Content_Types].xml"), "data.xlsx", "ZIP"),
+    "zip": (_zip("train.csv"), "data.zip", "ZIP"),
+    "xls": (bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504), "data.xls", "Excel 97-2003"),
+    "pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "data.pdf", "PDF"),
+    "parquet": (b"PAR1\x15\x04\x15\x10" + bytes(32) + b"PAR1", "data.parquet", "Parquet"),
+    "gzip": (gzip.compress(csv_text().encode()), "data.csv.gz", "gzip"),
+    "bzip2": (bz2.compress(csv_text().encode()), "data.csv.bz2", "bzip2"),
+    "xz": (lzma.compress(csv_text().encode()), "data.csv.xz", "xz"),
+    "sqlite": (b"SQLite format 3\x00" + bytes(84), "data.db", "SQLite"),
+}
+
+
+@pytest.mark.parametrize("case", BINARY_FORMATS, ids=list(BINARY_FORMATS))
+def test_binary_formats_are_unsupported_media_naming_the_supported_ones(case):
+    data, filename, kind = BINARY_FORMATS[case]
+    for name in (filename, "data.csv", None):  # recognised by content, whatever the file is called
+        with pytest.raises(ServiceError) as e:
+            upload(data, filename=name)
+        error = e.value
+        assert error.code == ErrorCode.unsupported_media_type and error.status == 415
+        assert kind in error.message
+        assert all(word in error.message for word in ("CSV", "TSV", "JSON Lines", "JSON array"))
+        assert error.details["supported"] == ["csv", "tsv", "jsonl", "json"]
+
+
+def test_text_that_merely_starts_like_a_magic_number_is_still_text():
+    assert upload("PK,label\n" + "".join(f"t{i},{lab}\n" for i, lab in enumerate(LABELS)),
+                  text_column="PK").labels == LABELS

@@ -86,3 +86,40 @@ def test_values_of_any_type_anywhere_are_validation_errors_never_crashes(preset)
             spec(**{"preset": preset, **fields})
         except ValidationError:
             pass
+
+
+# names: shown in tables, logs and the dashboard, so nothing that hides or reorders what they say
+
+BAD_NAME_CHARACTERS = {
+    "C0 control": "\x01", "delete": "\x7f", "C1 next line": "\x85", "C1 control": "\x9f",
+    "right-to-left override": "\u202e", "left-to-right embedding": "\u202a", "first-strong isolate": "\u2068",
+    "pop directional isolate": "\u2069", "zero-width space": "\u200b", "zero-width joiner": "\u200d",
+    "byte order mark": "\ufeff", "soft hyphen": "\xad", "line separator": "\u2028", "tag letter": "\U000e0041",
+}
+
+
+def _named_bodies(name: str):
+    from app.spec import ApiKeyCreate, DatasetCreate
+    from app.sweeps import SweepCreate
+
+    dataset_id = str(uuid.uuid4())
+    yield TrainingSpec, {"dataset_id": dataset_id, "name": name}
+    yield DatasetCreate, {"name": name, "records": [{"text": "a", "label": "x"}]}
+    yield ApiKeyCreate, {"name": name, "scopes": ["read"]}
+    yield SweepCreate, {"dataset_id": dataset_id, "name": name, "grid": {"optimizer.lr": [0.1, 0.01]}}
+
+
+@pytest.mark.parametrize("char", BAD_NAME_CHARACTERS.values(), ids=list(BAD_NAME_CHARACTERS))
+def test_names_refuse_control_and_invisible_format_characters(char):
+    for model, body in _named_bodies(f"invoice{char}gpj.exe"):
+        with pytest.raises(ValidationError) as e:
+            model.model_validate(body)
+        [error] = e.value.errors()
+        assert error["loc"] == ("name",), (model, error)
+        assert f"U+{ord(char):04X}" in error["msg"] and "control or invisible" in error["msg"], error
+
+
+def test_names_keep_any_visible_unicode():
+    name = "modèle «TREC» – 日本語 עברית 😀 v2"
+    for model, body in _named_bodies(name):
+        assert model.model_validate(body).name == name
