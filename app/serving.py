@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.db import registry
 from app.db.models import Model
-from app.predictors import PredictorCache
+from app.predictors import ModelUnavailable, PredictorCache
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class ServedModel:
 class _Entry:
     model: ServedModel | None
     checked: float
+    alias: str | None = None  # of a target: the alias that chose the model (None: the newest-model fallback)
 
 
 class ModelDirectory:
@@ -67,30 +68,33 @@ class ModelDirectory:
         self._models[model_id] = _Entry(served, now)
         return served
 
-    def target(self, session: Callable[[], Session], alias: str | None) -> ServedModel | None:
-        """The model an alias names (None: the default model), or None if the alias does not exist. `session` is
-        called only when the cached answer is older than the refresh interval."""
+    def target(self, session: Callable[[], Session], alias: str | None) -> tuple[ServedModel, str | None] | None:
+        """The model an alias names (None: the default model) and the alias that chose it (None when the newest
+        model serves for want of a `default` alias), or None if the alias does not exist. `session` is called only
+        when the cached answer is older than the refresh interval."""
         now = time.monotonic()
         entry = self._targets.get(alias)
         if entry is not None and now - entry.checked < self.ttl:
-            return entry.model
+            return entry.model, entry.alias
         db = session()
         row = registry.resolve_alias(session=db, name=alias) if alias else registry.default_model(session=db)
         if row is None:
             self._targets.pop(alias, None)
             return None
+        # default_model follows the `default` alias whenever it exists, so the model carries it iff it chose it.
+        chosen = alias or (registry.DEFAULT_ALIAS if registry.DEFAULT_ALIAS in row.aliases else None)
         served = ServedModel.of(row)
         self._models[served.id] = _Entry(served, now)
         current = entry.model if entry is not None else None
         if current is None or current.id == served.id or self.predictors.loaded(served.id) is not None:
-            self._targets[alias] = _Entry(served, now)
-            return served
+            self._targets[alias] = _Entry(served, now, chosen)
+            return served, chosen
         # Moved to a model not loaded here: keep serving the current one until the new one is warm.
         entry.checked = now
-        self._warm_then_switch(alias, served)
-        return current
+        self._warm_then_switch(alias, served, chosen)
+        return current, entry.alias
 
-    def _warm_then_switch(self, alias: str | None, served: ServedModel) -> None:
+    def _warm_then_switch(self, alias: str | None, served: ServedModel, chosen: str | None) -> None:
         with self._lock:
             if served.id in self._warming:
                 return
@@ -99,11 +103,11 @@ class ModelDirectory:
         def load() -> None:
             try:
                 self.predictors.get(served.id)  # loads and warms the session
-                self._targets[alias] = _Entry(served, time.monotonic())
+                self._targets[alias] = _Entry(served, time.monotonic(), chosen)
                 log.info("alias %s now serves model %s (%s v%d)", alias or "(default)", served.id, served.name,
                          served.version)
-            except Exception:  # the old model keeps serving; the next refresh tries again
-                log.exception("could not load model %s for alias %s", served.id, alias)
+            except ModelUnavailable:  # logged once by the cache; the old model keeps serving, refreshes try again
+                pass
             finally:
                 with self._lock:
                     self._warming.discard(served.id)

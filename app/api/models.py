@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 
@@ -14,18 +13,19 @@ from app.db import jobs, registry
 from app.db.models import Model, ModelAlias
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
-from app.ml.predictor import OnnxPredictor
+from app.ingest import _SURROGATE
+from app.ml.predictor import OnnxPredictor, choose_providers
+from app.predictors import ModelUnavailable
 from app.serving import ServedModel
 from app.spec import ALIAS_PATTERN, AliasRead, AliasSet, ModelRead, ModelUpdate, PredictRequest
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
-log = logging.getLogger(__name__)
 
 
 def model_json(model: Model) -> dict:
-    body = ModelRead.model_validate(model)
-    loaded = state().predictors.loaded(model.id)
-    return body.model_copy(update={"providers": loaded.providers if loaded else None}).model_dump(mode="json")
+    # What any API process of this server asks onnxruntime for, loaded or not, so every process answers alike.
+    providers = choose_providers()
+    return ModelRead.model_validate(model).model_copy(update={"providers": providers}).model_dump(mode="json")
 
 
 def _model_or_404(model_id: str) -> Model:
@@ -34,6 +34,9 @@ def _model_or_404(model_id: str) -> Model:
     model = registry.get_model(session=session, model_id=uid)
     if model is None:
         job = jobs.get_job(session=session, job_id=uid)
+        if job is not None and job.model_id is not None:
+            raise ServiceError(ErrorCode.conflict, f"{uid} is a job id, not a model id; its model is {job.model_id}.",
+                               409, {"job_status": job.status, "model_id": str(job.model_id)})
         if job is not None:  # a job id: its model is not there yet (or never will be)
             raise ServiceError(ErrorCode.model_not_ready, f"Job {uid} is {job.status}; it has no model yet.", 409,
                                {"job_status": job.status})
@@ -67,11 +70,13 @@ def _predict(served: ServedModel, alias: str | None = None):
         raise ServiceError(ErrorCode.validation_error,
                            f"At most {settings.max_predict_texts} texts per request (MAX_PREDICT_TEXTS).", 422,
                            [{"loc": ["texts"], "msg": "too many texts", "type": "too_long"}])
-    too_long = [i for i, t in enumerate(body.texts) if len(t) > settings.max_text_chars]
-    if too_long:
-        raise ServiceError(ErrorCode.validation_error,
-                           f"Texts longer than {settings.max_text_chars} characters (MAX_TEXT_CHARS).", 422,
-                           [{"loc": ["texts", i], "msg": "text too long", "type": "too_long"} for i in too_long[:10]])
+    _refuse_texts([i for i, t in enumerate(body.texts) if len(t) > settings.max_text_chars],
+                  f"Texts longer than {settings.max_text_chars} characters (MAX_TEXT_CHARS).", "text too long",
+                  "too_long")
+    # JSON "\ud800" escapes decode to strings the tokenizer (UTF-8) cannot take; uploads refuse them too.
+    _refuse_texts([i for i, t in enumerate(body.texts) if _SURROGATE.search(t)],
+                  "Texts with an unpaired UTF-16 surrogate escape (\\ud800-\\udfff).", "unpaired surrogate",
+                  "value_error")
     predictor = _predictor(served)
     # All texts of the request are tokenised together and scored in one onnxruntime call.
     predictions = predictor.predict(body.texts, top_k=body.top_k, abstain_threshold=served.abstain_threshold)
@@ -83,14 +88,21 @@ def _predict(served: ServedModel, alias: str | None = None):
             "predictions": predictions}
 
 
+def _refuse_texts(indexes: list[int], message: str, msg: str, kind: str) -> None:
+    """A 422 naming the first texts (by index) that fail one check, if any do."""
+    if indexes:
+        raise ServiceError(ErrorCode.validation_error, message, 422,
+                           [{"loc": ["texts", i], "msg": msg, "type": kind} for i in indexes[:10]])
+
+
 def _predictor(served: ServedModel) -> OnnxPredictor:
-    """The loaded (and warmed) predictor of a model, or a 409 when its artifacts are not on this server."""
+    """The loaded (and warmed) predictor of a model, or a 409 when its artifacts are missing or cannot be loaded
+    on this server (PredictorCache logs why, once)."""
     try:
         return state().predictors.get(served.id)
-    except FileNotFoundError:
-        log.error("artifacts of model %s are missing", served.id)
-        raise ServiceError(ErrorCode.model_not_ready, "The model's artifacts are not available on this server.",
-                           409) from None
+    except ModelUnavailable:
+        raise ServiceError(ErrorCode.model_not_ready, "The model's artifacts are missing or cannot be loaded on "
+                           "this server.", 409) from None
 
 
 @bp.post("/models/<model_id>/predict")
@@ -104,12 +116,12 @@ def predict_with_model(model_id: str):
 @bp.post("/predict")
 def predict_default():
     alias = request.args.get("alias") or None
-    served = state().directory.target(get_session, alias)
-    if served is None:
+    target = state().directory.target(get_session, alias)
+    if target is None:
         if alias:
             raise ServiceError(ErrorCode.not_found, f"No alias named {alias!r}.", 404)
         raise ServiceError(ErrorCode.model_not_ready, "No model has been trained yet.", 409)
-    return _predict(served, alias)
+    return _predict(*target)
 
 
 @bp.patch("/models/<model_id>")

@@ -20,6 +20,8 @@ from app.ml.tokenizer import TextEncoder
 
 log = logging.getLogger(__name__)
 
+# What OnnxPredictor reads from a model directory.
+MODEL_FILES = ("model.onnx", "tokenizer.json", "labels.json", "spec.json")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 # Texts per onnxruntime call: one call for any request under the default MAX_PREDICT_TEXTS (1000), while the

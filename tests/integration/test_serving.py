@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 
 from app.bundle import USAGE
 from app.logs import ContextFilter, JsonFormatter
+from app.ml.predictor import choose_providers
 from tests.integration.test_api import Api, assert_error, locs, running_api, sqlite_settings
 
 pytestmark = pytest.mark.integration
@@ -179,6 +180,76 @@ def test_readme_bundle_example_runs_and_agrees_with_the_api(served, tmp_path: Pa
 def test_bundle_of_unknown_model_is_404(served):
     api, _ = served
     assert_error(api.get(f"/v1/models/{uuid.uuid4()}/bundle"), 404, "not_found")
+
+
+def test_predict_through_the_default_alias_names_it(served):
+    api, (v1, v2) = served
+    body = predict(api, "/v1/predict")  # no `default` alias: the newest model, chosen by no alias
+    assert (body["model_id"], body["alias"]) == (v2["id"], None)
+    assert api.put("/v1/aliases/default", json={"model_id": v1["id"]}).status_code == 200
+    try:
+        for url in ("/v1/predict", "/v1/predict?alias=default"):
+            body = predict(api, url)
+            assert (body["model_id"], body["alias"]) == (v1["id"], "default"), url
+    finally:
+        assert api.delete("/v1/aliases/default").status_code == 204
+    assert predict(api, "/v1/predict")["alias"] is None
+
+
+def test_a_lone_surrogate_in_a_text_is_422_naming_its_index(served):
+    api, (v1, _) = served
+    for url in (f"/v1/models/{v1['id']}/predict", "/v1/predict"):
+        resp = api.post(url, data='{"texts": ["fine", "\\ud800 alone", "also fine"]}', content_type="application/json")
+        error = assert_error(resp, 422, "validation_error", says=("surrogate",))
+        assert locs(error) == [["texts", 1]]
+
+
+def test_a_succeeded_job_id_in_place_of_a_model_id_names_its_model(served):
+    api, (v1, _) = served
+    for resp in (api.get(f"/v1/models/{v1['job_id']}"),
+                 api.post(f"/v1/models/{v1['job_id']}/predict", json={"texts": TEXTS})):
+        error = assert_error(resp, 409, "conflict", says=(v1["id"],))
+        assert error["details"] == {"job_status": "succeeded", "model_id": v1["id"]}
+
+
+def test_providers_are_the_same_whichever_process_answers(served):
+    api, (v1, _) = served
+    predict(api, f"/v1/models/{v1['id']}/predict")  # loaded in this process
+    loaded = api.get(f"/v1/models/{v1['id']}").get_json()["providers"]
+    assert loaded == choose_providers()
+    with running_api(api.settings) as (fresh, _):  # a process that has loaded nothing
+        assert fresh.get(f"/v1/models/{v1['id']}").get_json()["providers"] == loaded
+        assert all(m["providers"] == loaded for m in fresh.get("/v1/models").get_json()["items"])
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("model.onnx", _truncate),
+    ("model.onnx", lambda path: path.write_bytes(b"not an onnx graph\n" * 64)),
+    ("model.onnx", Path.unlink),
+    ("tokenizer.json", lambda path: path.write_text('{"model": "garbage', encoding="utf-8")),
+], ids=["truncated-onnx", "garbage-onnx", "deleted-onnx", "garbage-tokenizer"])
+def test_damaged_model_files_are_409_logged_once_and_served_once_repaired(served, caplog, name, damage):
+    api, (v1, _) = served
+    path = api.settings.models_dir / v1["id"] / name
+    good = path.read_bytes()
+    url = f"/v1/models/{v1['id']}/predict"
+    damage(path)
+    try:
+        with running_api(api.settings) as (fresh, _):  # a process that has not loaded the model
+            for _ in range(3):
+                assert_error(fresh.post(url, json={"texts": TEXTS}), 409, "model_not_ready")
+            assert_error(fresh.put("/v1/aliases/damaged", json={"model_id": v1["id"]}), 409, "model_not_ready")
+            assert "damaged" not in [a["name"] for a in fresh.get("/v1/aliases").get_json()["items"]]
+            failures = [r for r in caplog.records if r.levelno >= logging.WARNING and v1["id"] in r.getMessage()]
+            assert len(failures) == 1, [r.getMessage() for r in failures]  # one load tried, not one per request
+            path.write_bytes(good)  # repaired: the new files get a new try
+            assert predict(fresh, url)["model_id"] == v1["id"]
+    finally:
+        path.write_bytes(good)
 
 
 def _samples(text: str, name: str) -> dict[tuple, float]:
