@@ -3,7 +3,7 @@
     python bench/chaos.py                       # 50 jobs, 8 worker kills, one Redis and one PostgreSQL restart
     python bench/chaos.py --jobs 10 --kills 2   # a quicker round
 
-Runs the production roles (gunicorn API, one Celery worker, the reaper) as local processes against a private
+Runs the production roles (Granian API, one Celery worker, the reaper) as local processes against a private
 PostgreSQL cluster and a private redis-server (bench/services.py), so the machine's own servers are untouched.
 Every job must end terminal, none may be lost, and none may be trained twice (one model per succeeded job).
 Prints the tally and writes it as JSON to bench/results/chaos.json.

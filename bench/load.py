@@ -6,7 +6,7 @@
 Starts `textclf serve` in a temporary folder, trains a small model, warms the API up, then drives
 POST /v1/models/{id}/predict (one text per request) with wrk (Debian package `wrk`; a Python thread pool when
 wrk is absent). Prints requests, req/s, latency percentiles, errors and non-2xx replies, and the resident memory
-of the API processes (gunicorn master + workers) before and after; writes the figures to bench/results/load.json.
+of the API processes (Granian main process + workers) before and after; writes the figures to bench/results/load.json.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ TEXT = "the striker scored a late goal in the final"
 
 
 def api_pids(serve_pid: int) -> list[int]:
-    """gunicorn's master and workers under `textclf serve`."""
+    """Granian's main process and workers under `textclf serve`."""
     out = []
     for pid in children(serve_pid):
         try:
-            if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"granian" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 out += [pid, *children(pid)]
         except OSError:
             continue

@@ -145,7 +145,7 @@ class PrivatePostgres:
 
 class Stack:
     """The production roles as local processes on one database and broker: `textclf migrate` once, then the API
-    (gunicorn, as compose runs it), one Celery worker and the reaper. Each logs to `<folder>/<role>.log`."""
+    (Granian, as compose runs it), one Celery worker and the reaper. Each logs to `<folder>/<role>.log`."""
 
     ROLES = ("api", "worker", "reaper")
 

@@ -1,11 +1,11 @@
-"""Serving figures with the API under gunicorn as in production (the command `textclf serve` runs), loaded by wrk
+"""Serving figures with the API under Granian as in production (the command `textclf serve` runs), loaded by wrk
 on loopback:
 
     python bench/serving.py                                   # TREC, default spec, 10 s per run
     python bench/serving.py --mlflow-python /tmp/mlflow-venv/bin/python   # + MLflow's server on the same model
     python bench/serving.py --quick --dataset tiny --data-dir DIR         # seconds (the e2e test runs this)
 
-In one run, on one server: single-text predict vs GET /healthz (the framework floor: same gunicorn, same
+In one run, on one server: single-text predict vs GET /healthz (the framework floor: same server, same
 middleware) req/s and p50/p99 at 1, 16 and 64 connections; texts/s at 1, 32 and 256 texts per request vs
 in-process onnxruntime (the same OnnxPredictor, model and batch, in this process on all cores); RSS and PSS of
 each API worker with 0, 1 and 10 models loaded; optionally MLflow's `mlflow models serve` (2 workers) on the same
@@ -269,7 +269,7 @@ def main() -> None:
     parser.add_argument("--spec", default="{}", help="spec fields of the served model as JSON (default spec)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     parser.add_argument("--models", type=int, default=10, help="models loaded for the memory figure")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (API_WORKERS)")
+    parser.add_argument("--workers", type=int, default=2, help="API worker processes (API_WORKERS)")
     parser.add_argument("--mlflow-python", help="python of a separate environment with mlflow installed")
     parser.add_argument("--quick", action="store_true", help="short runs, 3 models (a smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
@@ -353,7 +353,7 @@ def main() -> None:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nserving, {report['dataset']}, {report['workers']} gunicorn workers, {report['cores']} cores, "
+    print(f"\nserving, {report['dataset']}, {report['workers']} Granian workers, {report['cores']} cores, "
           f"{report['load_generator']}, {report['duration_s']:g} s per run\n")
     print("| connections | /healthz req/s | p50 ms | p99 ms | CPU ms/req | predict req/s | p50 ms | p99 ms | CPU ms/req "
           "| predict / floor |")
