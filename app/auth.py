@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, jsonify, request
@@ -116,14 +116,15 @@ class KeyCache:
 
     MAX_ENTRIES = 10_000  # past this many distinct keys, start over rather than grow without bound
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
+        self.clock = clock  # tests move time on with their own clock instead of sleeping
         self._items: dict[str, tuple[float, Caller]] = {}
         self._lock = threading.Lock()
 
     def get(self, digest: str) -> Caller | None:
         item = self._items.get(digest)
-        if item is None or item[0] < time.monotonic():
+        if item is None or item[0] < self.clock():
             return None
         return item[1]
 
@@ -133,7 +134,7 @@ class KeyCache:
         with self._lock:
             if len(self._items) >= self.MAX_ENTRIES:
                 self._items.clear()
-            self._items[digest] = (time.monotonic() + self.ttl_s, caller)
+            self._items[digest] = (self.clock() + self.ttl_s, caller)
 
     def forget(self, key_id: uuid.UUID) -> None:
         with self._lock:

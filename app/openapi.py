@@ -28,6 +28,42 @@ _ERROR = {
 }
 
 
+_READINESS = {
+    "type": "object", "required": ["status", "checks"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "unavailable"]},
+        "checks": {"type": "object", "properties": {
+            "database": {"type": "string", "enum": ["ok", "unavailable"]},
+            "broker": {"type": "string", "enum": ["ok", "unavailable"]},
+            "workers": {"type": "string", "enum": ["ok", "none_seen"],
+                        "description": "Absent when the database is unavailable (heartbeats are stored there)."}}},
+        "message": {"type": "string", "description": "Why not ready (503 only)."},
+    },
+}
+
+# One tag per resource, in the order /docs lists them.
+TAGS = [
+    {"name": "datasets", "description": "Labelled texts to train on (CSV, TSV or JSONL files, or JSON records)."},
+    {"name": "jobs", "description": "Training jobs: start one from a spec, follow its progress, cancel it."},
+    {"name": "sweeps", "description": "One spec trained several ways (grid or random search), ranked by a metric."},
+    {"name": "models", "description": "Trained models: metrics, evaluation, abstain threshold, a portable bundle."},
+    {"name": "aliases", "description": "Names that point at a model (`default` serves /v1/predict)."},
+    {"name": "predict", "description": "Classify texts with a model, an alias or the default model."},
+    {"name": "keys", "description": "API keys and their scopes (admin)."},
+    {"name": "health", "description": "Liveness and readiness probes (no key needed)."},
+    {"name": "metrics", "description": "Prometheus metrics."},
+]
+
+
+def _tag(path: str) -> str:
+    """The resource an operation belongs to: its first path segment under /v1, but predicting is its own."""
+    if path.endswith("/predict"):
+        return "predict"
+    if path in ("/healthz", "/readyz"):
+        return "health"
+    return path.removeprefix("/v1").split("/")[1]
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(model=name)}
 
@@ -67,12 +103,13 @@ def component_schemas() -> dict[str, Any]:
     return schemas
 
 
-def _add_security(paths: dict[str, Any]) -> None:
-    """Public paths need no key; every other operation may answer 401, 403 and 429."""
+def _add_security_and_tags(paths: dict[str, Any]) -> None:
+    """Public paths need no key; every other operation may answer 401, 403 and 429. Each is tagged by resource."""
     for path, item in paths.items():
         for method, operation in item.items():
             if method == "parameters":
                 continue
+            operation["tags"] = [_tag(path)]
             if is_public(path):
                 operation["security"] = []
             else:
@@ -86,8 +123,14 @@ def build_openapi() -> dict[str, Any]:
         "text_column": {"type": "string"}, "label_column": {"type": "string"}}}
     paths = {
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Readiness: database and broker reachable",
-                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+        "/readyz": {"get": {"summary": "Readiness: database, broker and a training worker", "description": (
+            "Ready (200) when the database answers, the broker accepts a connection and a training worker sent a "
+            "heartbeat (every 15 s) within `WORKER_SEEN_WITHIN` seconds, so a queued job will run. Else 503: "
+            "`checks` gives each result, and `message` says what is wrong; for no worker, the reason a worker "
+            "that could not start left (say, its training dependencies missing, with the command that installs "
+            "them), or what to check."),
+            "responses": {"200": {"description": "ready", **_json(_READINESS)},
+                          "503": {"description": "not ready", **_json(_READINESS)}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)", "responses": {
             "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/v1/datasets": {
@@ -197,9 +240,10 @@ def build_openapi() -> dict[str, Any]:
             "summary": "Revoke an API key (admin)",
             "responses": {"204": {"description": "Revoked"}, **_errors(404)}}},
     }
-    _add_security(paths)
+    _add_security_and_tags(paths)
     return {
         "openapi": "3.1.0",
+        "tags": TAGS,
         "security": [{"bearer": []}],
         "info": {"title": "textclf", "version": __version__,
                  "description": "Train text classifiers on demand and serve them."},

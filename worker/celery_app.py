@@ -16,8 +16,12 @@ from app.config import get_settings
 from app.db import jobs
 from app.db.session import make_engine, make_sessionmaker
 from app.logs import apply_format
+from app.worker_start import clear_start_failure, require_worker_dependencies
 
 settings = get_settings()
+# Before anything imports the training stack: without it, exit at once with what to install (not a traceback
+# on every restart).
+require_worker_dependencies(settings)
 celery = make_celery(settings, include=["worker.tasks"])
 engine = make_engine(settings.database_url)
 SessionLocal = make_sessionmaker(engine)
@@ -61,6 +65,7 @@ log = logging.getLogger(__name__)
 
 @worker_ready.connect
 def _start_heartbeat(**_kwargs) -> None:
+    clear_start_failure(settings)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     def beat() -> None:

@@ -90,12 +90,27 @@ def test_dashboard_pages_in_chromium(tmp_path, processes, browser):
         lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .badge").text == "succeeded")
     shots.append(screenshot(browser, "jobs"))
     assert_no_console_errors(browser)
-    model_id = requests.get(f"{base}/v1/jobs/{job['id']}", timeout=10).json()["model_id"]
+    done = requests.get(f"{base}/v1/jobs/{job['id']}", timeout=10).json()
+    model_id = done["model_id"]
+    # val acc is the served model's (metrics), the figure the job page shows too, not the network's last epoch
+    listed = text_of(browser, f"{row} td.val-acc")
+    assert listed == f"{done['metrics']['val_accuracy']:.3f}"
 
     # job page: three charts (loss: train + val; accuracy: train, val, macro-F1; lr), a dot per epoch per line
     browser.get(f"{base}/jobs/{job['id']}")
     assert len(wait_count(browser, "#curves svg.chart path.series", 6)) == 6
     assert len(browser.find_elements(By.CSS_SELECTOR, "#curves svg.chart circle.dot")) == 6 * EPOCHS
+    # the curves are the network's per epoch; a ring marks the served model's val accuracy at its best epoch
+    accuracy = '#curves figure[data-chart="accuracy"]'
+    assert "the network's" in text_of(browser, f"{accuracy} figcaption")
+    rings = browser.find_elements(By.CSS_SELECTOR, f"{accuracy} circle.served")
+    assert [float(r.get_attribute("data-value")) for r in rings] == [done["metrics"]["val_accuracy"]]
+    assert f"epoch {done['metrics']['best_epoch']}:" in rings[0].find_element(By.TAG_NAME, "title").get_attribute(
+        "textContent")
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('dl.facts dt')].find((dt) => dt.textContent === 'val accuracy')"
+        ".nextElementSibling.textContent;")
+    assert shown == listed
     # the confusion matrix: 2 x 2 cells whose counts add up to the validation split; per-class rows
     cells = wait_count(browser, "#evaluation svg.heatmap rect.cell", 4)
     assert len(cells) == 4
@@ -201,6 +216,12 @@ def test_sweep_pages_in_chromium(tmp_path, processes, browser):
     loss = '#sweep-curves figure[data-chart="loss"]'
     lines = wait_count(browser, f"{metric} path.series", len(OPTIMIZERS))
     assert len(lines) == len(OPTIMIZERS)
+    # the lines are the network's per epoch; a ring per child marks its served model's figure, the leaderboard's
+    assert "the network's" in text_of(browser, f"{metric} figcaption")
+    assert "the network's" in text_of(browser, f"{loss} figcaption")
+    rings = browser.find_elements(By.CSS_SELECTOR, f"{metric} circle.served")
+    assert (sorted(float(r.get_attribute("data-value")) for r in rings)
+            == sorted(c["val_macro_f1"] for c in sweep["children"]))
     assert len(browser.find_elements(By.CSS_SELECTOR, f"{metric} circle.dot")) == len(OPTIMIZERS) * SWEEP_EPOCHS
     # loss: train (dashed) and validation per child, in the child's colour
     assert len(browser.find_elements(By.CSS_SELECTOR, f"{loss} path.series")) == 2 * len(OPTIMIZERS)

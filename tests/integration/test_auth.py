@@ -222,6 +222,8 @@ def test_keys_cli_create_list_revoke(cli_env: dict):
     bad = runner.invoke(main, ["keys", "create", "--name", "x", "--scope", "root"])
     assert bad.exit_code == 2
     assert runner.invoke(main, ["keys", "create", "--name", "x"]).exit_code == 2  # a scope is required
+    spoofed = runner.invoke(main, ["keys", "create", "--name", "ci\u202ebot", "--scope", "read"])
+    assert spoofed.exit_code == 2 and "U+202E" in spoofed.output  # names follow the API's rule
 
 
 def test_first_start_makes_one_admin_key_in_a_private_file(tmp_path: Path):
@@ -363,14 +365,19 @@ def test_a_verified_key_is_not_read_from_the_database_again_within_the_cache_tim
 
 
 def test_a_key_revoked_elsewhere_stops_working_once_the_cache_time_has_passed(tmp_path: Path):
-    import time
+    from app.auth import key_cache
 
-    with running_api(sqlite_settings(tmp_path, AUTH_REQUIRED=True, AUTH_CACHE_SECONDS=0.5)) as (api, sm):
+    with running_api(sqlite_settings(tmp_path, AUTH_REQUIRED=True, AUTH_CACHE_SECONDS=30)) as (api, sm):
+        with api.client.application.app_context():
+            cache = key_cache()
+        now = [1000.0]
+        cache.clock = lambda: now[0]  # the cache's time moves only when the test says so
         keyed = KeyedApi(api, sm)
         key = keyed.make_key("read")
         assert keyed.call("GET", "/v1/jobs", key).status_code == 200
         with sm.begin() as session:  # as `textclf keys revoke` or another API process would
             api_keys.revoke_key(session=session, key_id=api_keys.find_active_key(session=session, secret=key).id)
+        now[0] += 29.9
         assert keyed.call("GET", "/v1/jobs", key).status_code == 200  # still trusted by this process, briefly
-        time.sleep(0.6)
+        now[0] += 0.2
         assert_error(keyed.call("GET", "/v1/jobs", key), 401, "unauthorized")

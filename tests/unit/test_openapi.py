@@ -53,3 +53,31 @@ def test_api_never_imports_torch():
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_every_operation_has_one_resource_tag_that_is_described():
+    doc = build_openapi()
+    described = {tag["name"]: tag["description"] for tag in doc["tags"]}
+    assert set(described) == {"datasets", "jobs", "sweeps", "models", "aliases", "predict", "keys", "health",
+                              "metrics"}
+    assert all(described.values())
+    used = set()
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            assert len(operation.get("tags", [])) == 1 and operation["tags"][0] in described, (method, path)
+            used.add(operation["tags"][0])
+    assert used == set(described)  # no tag without operations
+    assert doc["paths"]["/v1/models/{model_id}/predict"]["post"]["tags"] == ["predict"]
+    assert doc["paths"]["/v1/models/{model_id}/bundle"]["get"]["tags"] == ["models"]
+
+
+def test_readyz_is_described_with_its_worker_check():
+    readyz = build_openapi()["paths"]["/readyz"]["get"]
+    assert "worker" in readyz["summary"]
+    assert "training worker sent a heartbeat" in readyz["description"]
+    assert "WORKER_SEEN_WITHIN" in readyz["description"]
+    schema = readyz["responses"]["503"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]["checks"]["properties"]) == {"database", "broker", "workers"}
+    assert "message" in schema["properties"]

@@ -5,21 +5,22 @@ import { duration, fixed, h, percent, progressBar, shortId, when } from "./dom.j
 import { ALIAS_PATTERN, badge, ENDED, jobLink, main, poll, say, showError, table, tryLink } from "./page.js";
 import { sweepPage, sweepsPage } from "./sweeps.js";
 
-const lastEpoch = (job) => job.history[job.history.length - 1];
+// A job's one accuracy figure is its served model's (metrics: the exported model, the blend with TF-IDF when on,
+// at its best epoch), as on the job, models and sweep pages; history holds the network alone, per epoch.
+const SERVED_ACC = "validation accuracy of the model served (its best epoch; the TF-IDF blend when on)";
 
 // ---------------------------------------------------------------------------------------------------------
 // jobs list
 
 function jobRow(job) {
   const p = job.progress;
-  const last = lastEpoch(job);
   return h("tr", { "data-job": job.id },
     h("td", {}, jobLink(job.id)),
     h("td", {}, badge(job.status)),
     h("td", {}, job.spec.name || job.spec.model?.name || ""),
     h("td", {}, progressBar(p.percent), " ", h("span", { class: "muted" }, p.stage)),
     h("td", { class: "num" }, p.total_epochs ? `${p.epoch}/${p.total_epochs}` : "–"),
-    h("td", { class: "num" }, last ? fixed(last.val_accuracy) : "–"),
+    h("td", { class: "num val-acc" }, fixed(job.metrics?.val_accuracy)),
     h("td", { class: "num" }, job.status === "running" ? duration(p.eta_seconds) : "–"),
     h("td", {}, tryLink(job.model_id)),
     h("td", { class: "muted" }, when(job.created_at)));
@@ -32,7 +33,7 @@ async function jobsPage() {
     h("h1", {}, "Training jobs ", count),
     h("table", { id: "jobs" },
       h("thead", {}, h("tr", {}, ["job", "status", "name / model", "progress", "epoch", "val acc", "ETA", "model",
-                                  "created"].map((x) => h("th", {}, x)))),
+                                  "created"].map((x) => h("th", x === "val acc" ? { title: SERVED_ACC } : {}, x)))),
       body));
   await poll(async () => {
     const page = await api("/v1/jobs?limit=50");
@@ -49,15 +50,21 @@ async function jobsPage() {
 // ---------------------------------------------------------------------------------------------------------
 // one job: progress, learning curves, evaluation
 
-function curves(history) {
-  const series = (key) => history.map((e) => [e.epoch, e[key]]);
+/** Per-epoch curves (the network's), with the served model's val accuracy marked once the job has a model. */
+function curves(job) {
+  const series = (key) => job.history.map((e) => [e.epoch, e[key]]);
+  const served = job.metrics ? [{ name: "served model, val accuracy", epoch: job.metrics.best_epoch,
+                                  value: job.metrics.val_accuracy }] : [];
+  const accuracy = lineChart({ title: "Accuracy per epoch, the network's", clamp: [0, 1], marks: served,
+                               format: (v) => v.toFixed(2),
+                               series: [{ name: "train", points: series("train_accuracy") },
+                                        { name: "validation", points: series("val_accuracy") },
+                                        { name: "validation macro-F1", points: series("val_macro_f1") }] });
+  accuracy.dataset.chart = "accuracy";
   return [
-    lineChart({ title: "Loss", series: [{ name: "train", points: series("train_loss") },
-                                        { name: "validation", points: series("val_loss") }] }),
-    lineChart({ title: "Accuracy", clamp: [0, 1], format: (v) => v.toFixed(2),
-                series: [{ name: "train", points: series("train_accuracy") },
-                         { name: "validation", points: series("val_accuracy") },
-                         { name: "validation macro-F1", points: series("val_macro_f1") }] }),
+    lineChart({ title: "Loss per epoch, the network's", series: [{ name: "train", points: series("train_loss") },
+                                                                 { name: "validation", points: series("val_loss") }] }),
+    accuracy,
     lineChart({ title: "Learning rate", format: (v) => (v === 0 ? "0" : v.toExponential(1)),
                 series: [{ name: "lr", points: series("lr") }] }),
   ];
@@ -150,15 +157,15 @@ async function jobPage(jobId) {
   const spec = h("pre", { class: "spec" });
   main.replaceChildren(title, cancel, facts, h("h2", {}, "Learning curves"), charts, evaluation,
                        h("details", {}, h("summary", {}, "Training spec (resolved)"), spec));
-  let drawnEpochs = -1;
+  let drawn = "";
   await poll(async () => {
     const job = await api(`/v1/jobs/${jobId}`);
     facts.replaceChildren(jobFacts(job));
     cancel.hidden = ENDED.has(job.status) || job.status === "cancelling";
     spec.textContent = JSON.stringify(job.spec, null, 2);
-    if (job.history.length !== drawnEpochs) {  // redraw only when an epoch was added
-      drawnEpochs = job.history.length;
-      charts.replaceChildren(...curves(job.history));
+    if (`${job.history.length} ${job.status}` !== drawn) {  // redraw when an epoch was added or the job ended
+      drawn = `${job.history.length} ${job.status}`;
+      charts.replaceChildren(...curves(job));
     }
     if (!ENDED.has(job.status)) return true;
     if (job.model_id) evaluation.replaceChildren(await evaluationSection(job.model_id));

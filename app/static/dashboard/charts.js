@@ -42,11 +42,14 @@ export const seriesColor = (i) => (i < PALETTE.length ? PALETTE[i] : `hsl(${(i *
  * A line chart of per-epoch values.
  * series: [{name, points: [[epoch, value], ...], color?, dashed?}]: without a colour, line i takes the style's
  * class c<i>; format: tick and tooltip text; clamp: [min, max] of the y axis; legend: false when the page draws
- * one legend for several charts.
+ * one legend for several charts; marks: [{name, epoch, value, color?}], single points drawn as rings over the
+ * lines (the served model's figure, which the per-epoch lines of the network alone need not pass through).
  */
 export function lineChart({ title, series, format = (v) => String(Number(v.toPrecision(3))), clamp = null,
-                            legend: withLegend = true, wide = false }) {
-  const points = series.flatMap((line) => line.points).filter((p) => Number.isFinite(p[1]));
+                            legend: withLegend = true, wide = false, marks = [] }) {
+  const shown = marks.filter((m) => Number.isFinite(m.epoch) && Number.isFinite(m.value));
+  const points = [...series.flatMap((line) => line.points), ...shown.map((m) => [m.epoch, m.value])]
+    .filter((p) => Number.isFinite(p[1]));
   const root = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
   const box = h("figure", { class: wide ? "chart-box wide" : "chart-box" }, h("figcaption", {}, title), root);
   if (!points.length) {
@@ -86,6 +89,12 @@ export function lineChart({ title, series, format = (v) => String(Number(v.toPre
     }
     legend.append(h("span", { class: `key${colour}`, style: line.color && { color: line.color } }, line.name));
   });
+  for (const m of shown) {
+    root.append(s("circle", { class: "served", cx: sx(m.epoch), cy: sy(m.value), r: 6, "data-value": m.value,
+                              style: m.color && { stroke: m.color } },
+                  s("title", {}, `${m.name}, epoch ${m.epoch}: ${format(m.value)}`)));
+    legend.append(h("span", { class: "key served", style: m.color && { color: m.color } }, m.name));
+  }
   if (withLegend) box.append(legend);
   return box;
 }

@@ -136,21 +136,26 @@ function leaderboard(sweep) {
   return view;
 }
 
-/** Loss (train dashed, validation solid) and the sweep's metric per epoch: one colour per child. */
+/** Loss (train dashed, validation solid) and the sweep's metric per epoch, the network's: one colour per child.
+ * A ring marks each finished child's served model (the blend with TF-IDF when on) at its best epoch: the figure
+ * the leaderboard shows, which the network's line need not pass through. */
 function sweepCurves(sweep) {
   const points = (child, key) => (child.history || []).map((e) => [e.epoch, e[key]]);
   const colour = (child) => seriesColor(child.index);
   const loss = lineChart({
-    title: "Loss (dashed: train, solid: validation)", legend: false, wide: true,
+    title: "Loss per epoch, the network's (dashed: train, solid: validation)", legend: false, wide: true,
     series: sweep.children.flatMap((child) => [
       { name: `${childLabel(child)}: train`, color: colour(child), dashed: true, points: points(child, "train_loss") },
       { name: `${childLabel(child)}: validation`, color: colour(child), points: points(child, "val_loss") }]) });
   const isLoss = sweep.metric === "val_loss";
   const metric = lineChart({
-    title: metricName(sweep.metric), legend: false, wide: true, clamp: isLoss ? null : [0, 1],
-    format: isLoss ? undefined : (v) => v.toFixed(2),
+    title: `${metricName(sweep.metric)} per epoch, the network's (rings: each served model)`, legend: false,
+    wide: true, clamp: isLoss ? null : [0, 1], format: isLoss ? undefined : (v) => v.toFixed(2),
     series: sweep.children.map((child) => ({ name: childLabel(child), color: colour(child),
-                                             points: points(child, sweep.metric) })) });
+                                             points: points(child, sweep.metric) })),
+    marks: sweep.children.filter((child) => child.model_id).map((child) => ({
+      name: `${childLabel(child)}: served model`, color: colour(child), epoch: child.best_epoch,
+      value: child[sweep.metric] })) });
   loss.dataset.chart = "loss";
   metric.dataset.chart = "metric";
   const legend = h("div", { class: "legend sweep-legend", id: "sweep-legend" }, sweep.children.map((child) =>
@@ -192,8 +197,9 @@ export async function sweepPage(sweepId) {
     cancel.hidden = ENDED.has(sweep.status);
     spec.textContent = JSON.stringify({ base: sweep.base, grid: sweep.grid, space: sweep.space,
                                         pruning: sweep.pruning }, null, 2);
-    const epochs = sweep.children.map((child) => (child.history || []).length).join();
-    if (epochs !== drawn) {  // redraw only when a child finished an epoch
+    // Redraw only when a child finished an epoch or got its model (whose ring the metric chart draws).
+    const epochs = sweep.children.map((child) => `${(child.history || []).length}${child.model_id ? "+" : ""}`).join();
+    if (epochs !== drawn) {
       drawn = epochs;
       charts.replaceChildren(...sweepCurves(sweep));
     }
