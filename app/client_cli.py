@@ -5,7 +5,8 @@
     textclf predict "How far is Denver from Aspen ?" --alias default --json
 
 Every command takes --url (TEXTCLF_URL, default http://127.0.0.1:8000) and --key (TEXTCLF_API_KEY, sent as
-`Authorization: Bearer <key>`). An error reply prints the API's message and exits with status 1.
+`Authorization: Bearer <key>`), before its name (`textclf --url URL predict ...`) or after it. An error reply
+prints the API's message and exits with status 1.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,13 @@ class Client:
             body = None
         if not reply.ok:
             if reply.status_code == 401:
+                # Both 401s share the code `unauthorized`; what to do next depends on whether a key was sent.
+                if "Authorization" in self.session.headers:
+                    hint = "the server rejected the API key given (--key or TEXTCLF_API_KEY): check it or make one"
+                else:
+                    hint = "this server needs an API key; pass --key or set TEXTCLF_API_KEY"
                 raise click.ClickException(
-                    f"{(body or {}).get('error', {}).get('message', 'unauthorized')} (HTTP 401): this server needs "
-                    "an API key; pass --key or set TEXTCLF_API_KEY")
+                    f"{(body or {}).get('error', {}).get('message', 'unauthorized')} (HTTP 401): {hint}")
             raise ApiError(reply.status_code, body)
         return body
 
@@ -81,15 +87,38 @@ class Client:
         return self.request("POST", path, **kwargs)
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Where the client commands go: the `textclf` group's --url and --key (or their environment variables)."""
+
+    url: str = DEFAULT_URL
+    key: str | None = None
+
+
+def connection_options(*, top: bool):
+    """--url and --key. On the `textclf` group (`top`) they read the environment and the default (the group keeps
+    them as a Connection); on a command they default to None, so that only values given after the command's name
+    override the group's (an environment variable must not beat `textclf --url URL predict`)."""
+
+    def option(name: str, env: str, default: str | None, what: str):
+        if top:
+            return click.option(name, envvar=env, default=default, show_default=default is not None,
+                                help=f"{what} [env {env}].")
+        return click.option(name, default=None, help=f"{what} [default: the one given before the command, or {env}].")
+
+    url = option("--url", "TEXTCLF_URL", DEFAULT_URL, "Server URL")
+    key = option("--key", "TEXTCLF_API_KEY", None, "API key")
+    return lambda function: url(key(function))
+
+
 def connection(command):
     """Adds --url and --key to a command and passes it a ready Client as `client`."""
 
-    @click.option("--url", envvar="TEXTCLF_URL", default=DEFAULT_URL, show_default=True,
-                  help="Server URL [env TEXTCLF_URL].")
-    @click.option("--key", envvar="TEXTCLF_API_KEY", default=None, help="API key [env TEXTCLF_API_KEY].")
+    @connection_options(top=False)
     @functools.wraps(command)
-    def wrapper(*args, url: str, key: str | None, **kwargs):
-        return command(*args, client=Client(url, key), **kwargs)
+    def wrapper(*args, url: str | None, key: str | None, **kwargs):
+        given = click.get_current_context().find_object(Connection) or Connection()
+        return command(*args, client=Client(url or given.url, key or given.key), **kwargs)
 
     return wrapper
 
@@ -338,15 +367,20 @@ def jobs_show(job_id: str | None, status: str | None, limit: int, as_json: bool,
     page = client.get("/v1/jobs", params={"limit": limit, **({"status": status} if status else {})})
     if as_json:
         return print_json(page)
+    out.print(jobs_table(page))
+
+
+def jobs_table(page: dict) -> Table:
+    """A page of jobs; val acc is the served model's (metrics: its best epoch, the TF-IDF blend when on), as in
+    `textclf jobs ID`, the models and the sweep leaderboard, not the network's last epoch from the history."""
     table = Table(id_column(), Column("status", no_wrap=True), Column("progress", no_wrap=True), "val acc",
                   caption=f"newest first, {len(page['items'])} of {page['total']}; `textclf jobs ID` shows one")
     for job in page["items"]:
         p = job["progress"]
-        last = job["history"][-1] if job["history"] else {}
         epochs = f" {p['epoch']}/{p['total_epochs']}" if p["total_epochs"] else ""
         table.add_row(job["id"], status_text(job["status"]), f"{p['percent']:.0f}%{epochs}",
-                      fmt(last.get("val_accuracy")))
-    out.print(table)
+                      fmt((job.get("metrics") or {}).get("val_accuracy")))
+    return table
 
 
 @jobs.command("cancel")
@@ -451,20 +485,24 @@ def predict(texts: tuple[str, ...], text_file, model_id: str | None, alias_name:
         path, params = f"/v1/models/{model_id}/predict", {}
     else:
         path, params = "/v1/predict", ({"alias": alias_name} if alias_name else {})
-    predictions, served_by = [], None
+    answer: dict[str, Any] = {}
     for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
-        reply = client.post(path, params=params, json={"texts": batch, "top_k": top_k})
-        served_by = reply["model_id"]
-        predictions += [{"text": text, **p} for text, p in zip(batch, reply["predictions"], strict=True)]
+        reply = client.post(path, params=params, json={"texts": items[start:start + batch_size], "top_k": top_k})
+        if answer and reply["model_id"] != answer["model_id"]:
+            # One reply must come from one model: an alias moved between two batches.
+            raise click.ClickException(f"the model changed from {answer['model_id']} to {reply['model_id']} "
+                                       "between batches; run again")
+        # More batches than one: the API's reply, its predictions those of every batch in order.
+        answer = {**reply, "predictions": answer.get("predictions", []) + reply["predictions"]}
     if as_json:
-        return print_json({"model_id": served_by, "predictions": predictions})
+        return print_json(answer)
     table = Table("text", "label", "score", *(["top k"] if top_k > 1 else []))
-    for p in predictions:
+    for text, p in zip(items, answer["predictions"], strict=True):
+        label = escape(p["label"]) if p["label"] is not None else "[dim](abstained)[/dim]"
         others = [escape("  ".join(f"{k['label']} {k['score']:.3f}" for k in p["top_k"]))] if top_k > 1 else []
-        table.add_row(escape(p["text"]), escape(p["label"]), f"{p['score']:.3f}", *others)
+        table.add_row(escape(text), label, f"{p['score']:.3f}", *others)
     out.print(table)
-    out.print(f"model {served_by}", soft_wrap=True)
+    out.print(f"model {answer['model_id']}", soft_wrap=True)
 
 
 COMMANDS = [datasets, train, jobs, models, alias, predict]

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
-from tests.conftest import ROOT, start_serve, tiny_dataset_csv, upload_tiny
+from tests.conftest import ROOT, make_settings, start_serve, tiny_dataset_csv, upload_tiny
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,7 +25,8 @@ def textclf(base: str, *args: str, ok: bool = True) -> subprocess.CompletedProce
 
 
 def test_cli_story(tmp_path, processes):
-    base, _, _ = start_serve(tmp_path, processes)
+    # MODEL_REFRESH_SECONDS=0: an abstain threshold set below reaches every API process at once
+    base, _, _ = start_serve(tmp_path, processes, MODEL_REFRESH_SECONDS="0")
     data = tmp_path / "tiny.csv"
     data.write_bytes(tiny_dataset_csv())
 
@@ -44,7 +46,9 @@ def test_cli_story(tmp_path, processes):
 
     job = json.loads(textclf(base, "jobs", job_id, "--json").stdout)
     assert job["status"] == "succeeded" and job["spec"]["epochs"] == 3 and job["spec"]["optimizer"]["lr"] == 0.01
-    assert job_id in textclf(base, "jobs").stdout
+    # the listing's val acc is the served model's, as `jobs ID` shows it
+    listing = textclf(base, "jobs").stdout
+    assert f"{job['metrics']['val_accuracy']:.3f}" in next(line for line in listing.splitlines() if job_id in line)
     model_id = job["model_id"]
     assert model_id in textclf(base, "models").stdout
     assert "per class" in textclf(base, "models", model_id).stdout
@@ -56,9 +60,22 @@ def test_cli_story(tmp_path, processes):
     texts = tmp_path / "texts.txt"
     texts.write_text("the team won the final\n\nbake the bread until golden\n")
     reply = json.loads(textclf(base, "predict", "--file", str(texts), "--alias", "default", "--json").stdout)
+    # --json prints the API's own reply, as README and --help say
+    assert reply == requests.post(f"{base}/v1/predict?alias=default", timeout=30, json={
+        "texts": ["the team won the final", "bake the bread until golden"], "top_k": 1}).json()
     assert reply["model_id"] == model_id
-    assert [(p["text"], p["label"]) for p in reply["predictions"]] == [("the team won the final", "sports"),
-                                                                      ("bake the bread until golden", "cooking")]
+    assert [p["label"] for p in reply["predictions"]] == ["sports", "cooking"]
+    # the global options before the command's name; one text per request: one reply, the predictions in order
+    batched = json.loads(textclf(base, "--url", base, "predict", "--file", str(texts), "--batch-size", "1",
+                                 "--json").stdout)
+    assert [p["label"] for p in batched["predictions"]] == ["sports", "cooking"]
+    assert batched["model_id"] == model_id and set(batched) == set(reply)
+
+    # an abstained prediction (label null) is shown as such in the table
+    patched = requests.patch(f"{base}/v1/models/{model_id}", json={"abstain_threshold": 1.0}, timeout=30)
+    assert patched.status_code == 200, patched.text
+    abstained = textclf(base, "predict", "stir the sauce slowly").stdout
+    assert "(abstained)" in abstained and f"model {model_id}" in abstained
 
     # API errors: the API's message, a non-zero status
     bad = textclf(base, "train", dataset["id"], "--set", "epochs=0", ok=False)
@@ -121,3 +138,20 @@ def test_sweep_cli_story(tmp_path, processes):
     bad = textclf(base, "sweep", "create", dataset_id, "--grid", "optimizer.nme=sgd,adam", ok=False)
     assert bad.returncode == 1 and "validation_error" in bad.stderr and "optimizer.nme" in bad.stderr
     assert json.loads(textclf(base, "sweep", "--json").stdout)["total"] == 2
+
+
+def test_cli_keys_before_or_after_the_command_and_a_missing_or_rejected_key(tmp_path, processes):
+    base, _, settings = start_serve(tmp_path, processes, make_settings(tmp_path, AUTH_REQUIRED=True))
+    admin = (settings.data_dir / "admin.key").read_text().strip()
+
+    # --url and --key before the command's name, after it, or from the environment
+    assert json.loads(textclf(base, "--url", base, "--key", admin, "datasets", "list", "--json").stdout)["total"] == 0
+    assert json.loads(textclf(base, "datasets", "list", "--json", "--key", admin).stdout)["total"] == 0
+
+    # the server's two 401s: no key, or a key it does not know; the message says which
+    missing = textclf(base, "--url", base, "datasets", "list", ok=False)
+    assert missing.returncode == 1 and "An API key is required" in missing.stderr
+    assert "this server needs an API key" in missing.stderr
+    rejected = textclf(base, "--key", "tc_not-a-key", "datasets", "list", ok=False)
+    assert rejected.returncode == 1 and "The API key is not valid" in rejected.stderr
+    assert "rejected the API key" in rejected.stderr and "needs an API key" not in rejected.stderr

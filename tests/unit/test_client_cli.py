@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from app.cli import main
-from app.client_cli import ApiError, Client, build_spec, partial_spec
+from app.client_cli import ApiError, Client, build_spec, jobs_table, partial_spec
 from app.sweep_cli import best_text, leaderboard_table, parse_grid, parse_milestones, parse_space, sweep_body
 
 pytestmark = pytest.mark.unit
@@ -56,6 +56,20 @@ def test_every_verb_calls_the_server_and_fails_cleanly_when_it_is_down(args):
 def test_url_and_key_come_from_the_environment():
     result = CliRunner().invoke(main, ["models"], env={"TEXTCLF_URL": NOWHERE, "TEXTCLF_API_KEY": "k"})
     assert result.exit_code == 1 and f"cannot reach {NOWHERE}" in result.output
+
+
+@pytest.mark.parametrize("args", [["--url", NOWHERE, "predict", "hi"], ["--url", NOWHERE, "sweep", "5e1f"],
+                                  ["--url", "http://127.0.0.1:7", "models", "--url", NOWHERE]])
+def test_url_works_before_the_command_and_after_it_wins(args):
+    result = CliRunner().invoke(main, args, env={"TEXTCLF_URL": "http://127.0.0.1:8"})
+    assert result.exit_code == 1, result.output
+    assert f"cannot reach {NOWHERE}" in result.output
+
+
+def test_url_and_key_before_a_command_that_is_no_client_are_refused():
+    # `keys create` works on the local database: a --url for another server must not be silently ignored.
+    result = CliRunner().invoke(main, ["--url", NOWHERE, "keys", "list"])
+    assert result.exit_code == 2 and "--url is for the client commands" in result.output
 
 
 def test_a_key_is_sent_as_a_bearer_token():
@@ -224,3 +238,17 @@ def test_watching_a_sweep_needs_its_id():
 def test_sweep_create_flag_errors_stop_before_any_request(args, message):
     result = CliRunner().invoke(main, ["sweep", "create", "d1", *args, "--url", NOWHERE])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_jobs_listing_shows_the_served_models_val_accuracy_not_the_networks_last_epoch():
+    epoch = {"epoch": 6, "train_loss": 0.3, "val_loss": 0.9, "val_accuracy": 0.462, "val_macro_f1": 0.4, "lr": 0.0,
+             "seconds": 1.0}
+    done = {"id": "0b7e5a52-0000-4000-8000-000000000001", "status": "succeeded", "history": [epoch],
+            "progress": {"percent": 100.0, "epoch": 6, "total_epochs": 6},
+            "metrics": {"val_accuracy": 0.866, "network_val_accuracy": 0.47, "best_epoch": 4}}
+    running = {**done, "id": "0b7e5a52-0000-4000-8000-000000000002", "status": "running", "metrics": None,
+               "progress": {"percent": 50.0, "epoch": 6, "total_epochs": 12}}
+    text = rendered(jobs_table({"items": [done, running], "total": 2}))
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines() if "0b7e5a52" in line]
+    assert rows == [[done["id"], "succeeded", "100% 6/6", "0.866"],
+                    [running["id"], "running", "50% 6/12", "–"]]  # no model yet: no figure to show

@@ -1,5 +1,6 @@
 """The README stays true: every setting is documented, and the test command is what CI runs."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,13 @@ def test_every_training_spec_field_is_in_the_spec_table():
         missing += [f"{section}.{name}" for name in spec.model_fields
                     if f"`{section}.{name}`" not in table and f"`{name}`" not in table]
     assert not missing, f"README's training spec table lacks {missing}"
+
+
+def test_every_curl_to_the_api_sends_the_key_and_a_download_saves_no_error():
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")  # a command continued over lines is one line
+    commands = [line.strip() for line in readme.splitlines() if line.lstrip().startswith("curl ")]
+    assert len(commands) > 10
+    assert not [c for c in commands if "/v1/" in c and '-H "$AUTH"' not in c], "a /v1 call without the API key"
+    # Without -f, curl saves a 401's or 404's JSON error as the file and exits 0.
+    downloads = [c for c in commands if re.search(r"\s-o\s", c)]
+    assert downloads and not [c for c in downloads if not re.search(r"\s(-[a-zA-Z]*f[a-zA-Z]*|--fail)\s", c)]
