@@ -1,4 +1,5 @@
-"""Idempotency-Key for POSTs that create things: a retried request gets the first reply, not a second object."""
+"""Idempotency-Key for POSTs that create things: a retried request gets the first reply, not a second object.
+Keys are per API key: one caller's key never replays another caller's reply."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import hashlib
 import json
 from typing import Any
 
-from flask import request
+from flask import g, request
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,11 +35,17 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _owner() -> str:
+    """Whose Idempotency-Keys the request's are: its API key's id, or "" with auth off (one caller, as before)."""
+    caller = g.get("api_key")
+    return str(caller.id) if caller is not None else ""
+
+
 def replay(session: Session, endpoint: str, key: str | None, request_hash: str):
-    """The stored reply for this key, or None; a key reused with another body is a 422."""
+    """This caller's stored reply for this key, or None; a key reused with another body is a 422."""
     if key is None:
         return None
-    row = session.get(IdempotencyKey, (endpoint, key))
+    row = session.get(IdempotencyKey, (endpoint, _owner(), key))
     if row is None:
         return None
     if row.request_hash != request_hash:
@@ -52,8 +60,15 @@ def remember(session: Session, endpoint: str, key: str | None, request_hash: str
              status_code: int, location: str | None) -> None:
     """Store the reply in the caller's transaction, so it commits with the object it describes."""
     if key is not None:
-        session.add(IdempotencyKey(endpoint=endpoint, key=key, request_hash=request_hash, response=response,
-                                   status_code=status_code, location=location))
+        session.add(IdempotencyKey(endpoint=endpoint, owner=_owner(), key=key, request_hash=request_hash,
+                                   response=response, status_code=status_code, location=location))
+
+
+def forget(session: Session, endpoint: str, key: str | None) -> None:
+    """Drop this caller's stored reply (its object was undone), so a retry with the key is a new request."""
+    if key is not None:
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.endpoint == endpoint,
+                                                     IdempotencyKey.owner == _owner(), IdempotencyKey.key == key))
 
 
 def is_key_race(exc: IntegrityError) -> bool:

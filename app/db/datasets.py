@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app import ingest
 from app.config import Settings
 from app.db.models import Dataset
+from app.db.session import begin_write
 
 
 def records_path(settings: Settings, dataset_id: uuid.UUID) -> Path:
@@ -30,6 +31,20 @@ def add_dataset(*, session: Session, settings: Settings, name: str, parsed: inge
 
 def get_dataset(*, session: Session, dataset_id: uuid.UUID) -> Dataset | None:
     return session.get(Dataset, dataset_id)
+
+
+def lock_dataset(*, session: Session, dataset_id: uuid.UUID, exclusive: bool = False) -> Dataset | None:
+    """The dataset, locked until the caller's transaction ends, or None.
+
+    A job (or sweep) being created takes it shared (FOR KEY SHARE: jobs on one dataset do not wait for each
+    other), a delete exclusive (FOR UPDATE). Whichever comes second waits for the first to commit and then sees
+    its outcome: the new job, so the delete is refused; or no dataset, so the job is. Never a job stored on a
+    dataset deleted under it. SQLite has no row locks: begin_write takes its write lock instead.
+    """
+    begin_write(session)
+    query = select(Dataset).where(Dataset.id == dataset_id)
+    query = query.with_for_update() if exclusive else query.with_for_update(read=True, key_share=True)
+    return session.scalars(query).first()
 
 
 def list_datasets(*, session: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:

@@ -126,11 +126,14 @@ class ModelAlias(Base):
 
 
 class IdempotencyKey(Base):
-    """The first reply to a POST sent with an Idempotency-Key; the same key and body get it again."""
+    """The first reply to a POST sent with an Idempotency-Key; the same caller, key and body get it again."""
 
     __tablename__ = "idempotency_keys"
 
     endpoint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The id of the API key that sent it ("" with auth off): another key sending the same Idempotency-Key is
+    # another request, never handed this one's reply.
+    owner: Mapped[str] = mapped_column(String(36), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(Integer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -43,16 +44,15 @@ def default_model(*, session: Session) -> Model | None:
 
 
 def set_alias(*, session: Session, name: str, model_id: uuid.UUID) -> ModelAlias:
-    alias = session.get(ModelAlias, name)
-    if alias is None:
-        alias = ModelAlias(name=name, model_id=model_id)
-        session.add(alias)
-    else:
-        alias.model_id = model_id
-        alias.updated_at = utcnow()
-    session.flush()
-    session.refresh(alias)
-    return alias
+    """Point alias `name` at the model, creating the alias if it is new. One upsert (INSERT ... ON CONFLICT DO
+    UPDATE), not a read then an insert: concurrent requests creating the same new name do not collide on its
+    primary key, and the last to commit wins."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    now = utcnow()
+    session.execute(insert(ModelAlias).values(name=name, model_id=model_id, updated_at=now)
+                    .on_conflict_do_update(index_elements=[ModelAlias.name],
+                                           set_={"model_id": model_id, "updated_at": now}))
+    return session.get(ModelAlias, name, populate_existing=True)
 
 
 def list_aliases(*, session: Session) -> list[ModelAlias]:

@@ -29,3 +29,17 @@ def make_engine(url: str) -> Engine:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose objects stay readable after commit (views serialise after committing)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def begin_write(session: Session) -> None:
+    """Make the session's transaction a writer now, before it reads what it will decide on.
+
+    SQLite has no row locks, and pysqlite begins a transaction only at the first INSERT/UPDATE/DELETE: the reads
+    before it see whatever is committed at that instant, and another writer may commit between such a read and
+    the write that depends on it. BEGIN IMMEDIATE takes the database's one write lock first (waiting up to
+    busy_timeout for it), so the reads that follow stay true until commit. On PostgreSQL this does nothing: the
+    caller locks the rows it reads (SELECT ... FOR UPDATE / FOR KEY SHARE).
+    """
+    connection = session.connection()
+    if connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

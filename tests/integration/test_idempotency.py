@@ -1,13 +1,16 @@
-"""Idempotency-Key on POST /v1/datasets and POST /v1/jobs: a retry gets the first reply, never a second object."""
+"""Idempotency-Key on POST /v1/datasets and POST /v1/jobs: a retry gets the first reply, never a second object;
+keys are per API key."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import tiny_dataset_csv
-from tests.integration.test_api import Api, any_api, api, assert_error  # noqa: F401 (fixtures)
+from tests.integration.test_api import Api, any_api, api, assert_error, running_api, sqlite_settings  # noqa: F401
+from tests.integration.test_auth import KeyedApi, keyed  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -57,3 +60,44 @@ def test_a_key_is_scoped_to_its_endpoint_and_bad_keys_are_400(api: Api):
     with api.writes_nothing():
         assert_error(api.post("/v1/jobs", json={"dataset_id": dataset_id}, headers={"Idempotency-Key": "x" * 256}),
                      400, "bad_request")
+
+
+def test_keys_are_per_api_key(keyed: KeyedApi):
+    admin, other = keyed.make_key("admin", name="admin"), keyed.make_key("train", name="other")
+
+    def upload(key: str):
+        return keyed.call("POST", "/v1/datasets", key, data={"file": (io.BytesIO(tiny_dataset_csv()), "a.csv")},
+                          headers={"Idempotency-Key": "shared-1"})
+
+    mine = upload(admin)
+    assert mine.status_code == 201
+    theirs = upload(other)  # the same key from another API key: a new dataset, not the admin's reply
+    assert theirs.status_code == 201 and "Idempotent-Replayed" not in theirs.headers
+    assert theirs.get_json()["id"] != mine.get_json()["id"]
+    assert upload(admin).get_json()["id"] == mine.get_json()["id"]  # each still replays its own
+
+    dataset_id = mine.get_json()["id"]
+    job = keyed.call("POST", "/v1/jobs", admin, json={"dataset_id": dataset_id}, headers={"Idempotency-Key": "j"})
+    assert job.status_code == 202
+    # another body under the same key is no reuse of the admin's key: a job of its own, not a 422
+    other_job = keyed.call("POST", "/v1/jobs", other, json={"dataset_id": dataset_id, "epochs": 2},
+                           headers={"Idempotency-Key": "j"})
+    assert other_job.status_code == 202, other_job.get_data(as_text=True)
+    assert other_job.get_json()["id"] != job.get_json()["id"]
+    again = keyed.call("POST", "/v1/jobs", other, json={"dataset_id": dataset_id, "epochs": 2},
+                       headers={"Idempotency-Key": "j"})
+    assert again.headers["Idempotent-Replayed"] == "true" and again.get_json()["id"] == other_job.get_json()["id"]
+
+
+def test_a_job_the_queue_refused_frees_its_callers_key(tmp_path: Path):
+    """Nothing listens on port 1: the job is undone with a 503, and so is the stored reply, so the retry is not
+    handed a 202 for a job that no longer exists."""
+    settings = sqlite_settings(tmp_path, AUTH_REQUIRED=True, CELERY_BROKER_URL="redis://127.0.0.1:1/0")
+    with running_api(settings) as (api, sessionmaker):
+        keyed = KeyedApi(api, sessionmaker)
+        key = keyed.make_key("train", "read")
+        upload = keyed.call("POST", "/v1/datasets", key, data={"file": (io.BytesIO(tiny_dataset_csv()), "a.csv")})
+        for _ in range(2):
+            assert_error(keyed.call("POST", "/v1/jobs", key, json={"dataset_id": upload.get_json()["id"]},
+                                    headers={"Idempotency-Key": "q"}), 503, "unavailable")
+        assert keyed.call("GET", "/v1/jobs", key).get_json()["total"] == 0
