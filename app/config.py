@@ -66,6 +66,10 @@ class Settings(BaseSettings):
                                 description="Longest text, in characters, in a dataset or a prediction request.")
     max_labels: int = Field(1_000, ge=2, validation_alias="MAX_LABELS",
                             description="Most distinct labels one dataset may have.")
+    # Every prediction, model card and dataset listing repeats the labels: 64 KiB is 1,000 labels of 65 bytes.
+    max_labels_total_bytes: int = Field(
+        64 * 1024, ge=1024, validation_alias="MAX_LABELS_TOTAL_BYTES",
+        description="Most bytes (UTF-8) a dataset's distinct labels may take together.")
     max_predict_texts: int = Field(1_000, ge=1, validation_alias="MAX_PREDICT_TEXTS",
                                    description="Most texts in one prediction request.")
     max_epochs: int = Field(200, ge=1, le=200, validation_alias="MAX_EPOCHS",
@@ -73,6 +77,12 @@ class Settings(BaseSettings):
     # A float32 parameter is 4 bytes: 100 M parameters is a 400 MB model, far above anything the presets make.
     max_model_params: int = Field(100_000_000, ge=10_000, validation_alias="MAX_MODEL_PARAMS",
                                   description="Largest model, in parameters estimated from the spec, a job may train.")
+    # Counted above the training process's own footprint (torch and the training code loaded). The largest spec
+    # the schema allows would take far more than most machines have; a kernel OOM kill would be re-queued.
+    training_memory_limit_mb: int = Field(
+        4096, ge=1, validation_alias="TRAINING_MEMORY_LIMIT_MB",
+        description="Memory, in MiB, one training job may use above its process's own: a spec estimated over it is "
+                    "refused (422), and a job that reaches it fails with out_of_memory instead of being killed.")
     max_sweep_children: int = Field(64, ge=1, le=10_000, validation_alias="MAX_SWEEP_CHILDREN",
                                     description="Most children (jobs) one sweep may have (422 above it).")
     worker_concurrency: int = Field(

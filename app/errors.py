@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     spec_data_mismatch = "spec_data_mismatch"
     worker_lost = "worker_lost"
     time_limit_exceeded = "time_limit_exceeded"
+    out_of_memory = "out_of_memory"
     onnx_parity_failed = "onnx_parity_failed"
     cuda_unavailable = "cuda_unavailable"
     training_error = "training_error"

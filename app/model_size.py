@@ -6,6 +6,10 @@ tests/unit/test_model_size.py compares them with the built torch modules for eve
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
+
 from app.spec import ModelSpec, TrainingSpec
 
 
@@ -46,3 +50,103 @@ def estimate_params(model: ModelSpec, *, vocab_size: int, num_classes: int) -> i
 def spec_params(spec: TrainingSpec, *, num_classes: int) -> int:
     """Upper bound for a job: the vocabulary can grow to tokenizer.vocab_size (special tokens included)."""
     return estimate_params(spec.model, vocab_size=spec.tokenizer.vocab_size, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# training memory
+
+MB = 1024 * 1024
+FLOAT = 4
+# Optimizer state per parameter, in parameter-sized tensors (torch's implementations).
+OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2, "rmsprop": 1, "adagrad": 1,
+                    "adadelta": 2}
+# Rows per validation pass in worker/ml/train.py (EVAL_BATCH): forward only, no gradients kept.
+EVAL_ROWS = 512
+# The TF-IDF member's L-BFGS fit: at most 2M weights (worker/ml/tfidf.py MAX_WEIGHTS), about 200 MB while fitting.
+TFIDF_MAX_WEIGHTS = 2_000_000
+TFIDF_BYTES_PER_WEIGHT = 100
+# Bytes per stored token of the training data: the int64 ids and mask (16), and the TF-IDF member's sparse
+# word + bigram counts (COO triplets, then CSR in scipy and torch), which are built from the same ids.
+TOKEN_BYTES = 16
+TFIDF_TOKEN_BYTES = 120
+# The texts as Python strings and the tokenizer's per-text encodings, per byte of the dataset's records file.
+RECORD_BYTE_FACTOR = 6
+# Everything of a job that no spec field drives: the tokenizer's tables, torch's thread pools and allocator
+# caches, the ONNX exporter and onnxruntime sessions for the parity check and the evaluation.
+FIXED_BYTES = 200 * MB
+
+
+def _floats_per_token(model: ModelSpec, num_classes: int) -> int:
+    """Activation floats a training step keeps per (row, token) for the backward pass, gradients included.
+    Counted from the forward passes in worker/ml/model.py and checked against measured peaks (bench)."""
+    e = model.embedding_dim
+    if model.name == "textcnn":
+        channels = model.num_filters * len(model.filter_sizes)
+        # the embedding, masked and padded; the unfolded windows (a copy: E x max width); the feature maps
+        # before and after ReLU and masking
+        per_token = e * (2 + max(model.filter_sizes)) + 3 * channels
+    elif model.name == "fasttext":
+        per_token = 8 * e  # word and bigram embeddings, masked, and their gradients
+    else:
+        hidden = model.hidden_size
+        # per layer and direction: the gates and states torch's GRU saves, the gathers and the concatenation
+        per_token = 4 * e + model.num_layers * 28 * hidden + (4 * hidden if model.pooling == "attention" else 0)
+    if model.wide and model.name != "fasttext":
+        per_token += 6 * num_classes  # the word and bigram weight lookups and their gradients
+    return per_token
+
+
+# The word tokenizer's pre-tokenizer (tokenizers' Whitespace): each match is one token of a "word" tokenizer,
+# and one or more (never more than its characters) of a subword one.
+PRE_TOKEN = re.compile(r"\w+|[^\w\s]+")
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What of a dataset drives training memory: its rows, the size of its records file, and its longest text in
+    pre-tokens (words and punctuation runs) and in characters outside whitespace."""
+
+    rows: int
+    records_bytes: int
+    longest_words: int
+    longest_chars: int
+
+    @classmethod
+    def of(cls, texts: list[str], records_bytes: int) -> DataShape:
+        words = chars = 0
+        for text in texts:
+            pieces = PRE_TOKEN.findall(text)
+            words, chars = max(words, len(pieces)), max(chars, sum(map(len, pieces)))
+        return cls(rows=len(texts), records_bytes=records_bytes, longest_words=words, longest_chars=chars)
+
+    def longest_tokens(self, kind: str) -> int:
+        """The most tokens a text can have: exact for word tokens, a bound (characters) for subword units."""
+        return self.longest_words if kind == "word" else self.longest_chars
+
+
+def estimate_training_bytes(spec: TrainingSpec, data: DataShape, *, num_classes: int) -> dict[str, int]:
+    """Peak memory a training job adds to its process, by part (bytes): "activations", "parameters", "data",
+    "tfidf" and "fixed"; their sum is the estimate. Every text is padded to the longest kept, so that length,
+    the batch and the model's width set the activations. The vocabulary is taken at tokenizer.vocab_size.
+    Measured figures against it: bench/training_memory.py.
+    """
+    rows, records_bytes = data.rows, data.records_bytes
+    width = max(min(spec.tokenizer.max_length, data.longest_tokens(spec.tokenizer.kind)), 1)
+    per_token = _floats_per_token(spec.model, num_classes)
+    val_rows = math.ceil(rows * (1 - spec.test_split) * spec.validation_split)
+    batch = min(spec.batch_size, rows - val_rows)
+    # A training step keeps forward activations and gradients; a validation pass only the forward half.
+    activations = max(batch * width * per_token, min(EVAL_ROWS, val_rows) * width * per_token // 2) * FLOAT
+    params = spec_params(spec, num_classes=num_classes)
+    # weights, gradients, optimizer state, and the best epoch's copy; the checkpoint is written from them
+    parameters = params * FLOAT * (3 + OPTIMIZER_STATES[spec.optimizer.name])
+    data = rows * width * TOKEN_BYTES + records_bytes * RECORD_BYTE_FACTOR
+    tfidf = 0
+    if spec.model.tfidf is not None:
+        # counts of the real tokens only (at most one per byte of the records), and a weight per class for every
+        # word and bigram feature, up to the member's cap
+        features = spec.tokenizer.vocab_size + min(spec.model.tfidf.bigram_buckets, records_bytes)
+        weights = min(TFIDF_MAX_WEIGHTS, features * num_classes)
+        tfidf = weights * TFIDF_BYTES_PER_WEIGHT + min(rows * width, records_bytes) * TFIDF_TOKEN_BYTES
+    return {"activations": activations, "parameters": parameters, "data": data, "tfidf": tfidf,
+            "fixed": FIXED_BYTES}

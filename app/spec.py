@@ -6,16 +6,36 @@ spec with it, and the OpenAPI document embeds its JSON schema.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic_core import PydanticCustomError
 
 
-# Names are shown and stored as text: no control characters (PostgreSQL cannot even store U+0000).
-NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+# Names are shown in tables, logs and the dashboard, and stored as text. Refused: control characters (Cc: C0, DEL
+# and C1; PostgreSQL cannot even store U+0000), line and paragraph separators (Zl, Zp), and invisible format
+# characters (Cf): bidi overrides, embeddings and isolates make "invoice\u202egpj.exe" display as
+# "invoiceexe.jpg", and zero-width characters make two different names look the same. Refusing all of Cf also
+# refuses the zero-width joiners of emoji sequences and some scripts' spellings: a name can do without them.
+_HIDDEN_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+MAX_NAME_CHARS = 200
+
+
+def _check_name(name: str) -> str:
+    if hidden := next((c for c in name if unicodedata.category(c) in _HIDDEN_CATEGORIES), None):
+        char = f"U+{ord(hidden):04X}" + (f" {unicodedata.name(hidden)}" if unicodedata.name(hidden, "") else "")
+        raise PydanticCustomError("hidden_character", "must not contain control or invisible format characters "
+                                  "(found {char} at position {position})",
+                                  {"char": char, "position": name.index(hidden)})
+    return name
+
+
+# The one validator of every user-given name: datasets, jobs' models, sweeps and API keys.
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS), AfterValidator(_check_name)]
 
 
 # Alias names appear in URLs: plain tokens only.
@@ -205,8 +225,9 @@ class AugmentSpec(_Strict):
         return self
 
 
-# Label names are stored text: the same bounds as a dataset's labels.
-LabelName = Annotated[str, Field(min_length=1, max_length=200)]
+# Label names are stored text: the same bounds as a dataset's labels (app.ingest refuses longer ones at upload).
+MAX_LABEL_CHARS = 200
+LabelName = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
 ClassWeight = Annotated[float, Field(gt=0.0, le=1_000.0)]
 ClassWeights = Literal["balanced"] | Annotated[dict[LabelName, ClassWeight], Field(min_length=1, max_length=10_000)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
@@ -256,8 +277,7 @@ class TrainingSpec(_Strict):
     """What to train. `{"dataset_id": ...}` alone is a complete, good spec."""
 
     dataset_id: UUID = Field(description="The uploaded dataset to train on.")
-    name: str | None = Field(None, min_length=1, max_length=200, pattern=NAME_PATTERN,
-                             description="A name for the resulting model.")
+    name: Name | None = Field(None, description="A name for the resulting model.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -391,8 +411,12 @@ class JobRead(_Read):
     status: JobStatus
     spec: dict[str, Any]
     progress: Progress
-    history: list[EpochRecord]
-    metrics: dict[str, Any] | None
+    history: list[EpochRecord] = Field(
+        description="Per epoch, the network alone (a TF-IDF blend is fitted after the last epoch).")
+    metrics: dict[str, Any] | None = Field(description=(
+        "Once the job has a model: val_accuracy, val_macro_f1 and val_loss are the served model's (the exported "
+        "model, the blend when model.tfidf is on, at best_epoch), the one figure the dashboard and CLI show; "
+        "network_val_* and tfidf_val_* score each half of a blend alone; test_* the test set; and run facts."))
     device: str | None
     model_id: UUID | None
     error: JobError | None
@@ -415,7 +439,9 @@ class ModelRead(_Read):
     aliases: list[str] = []
     abstain_threshold: AbstainThreshold | None = Field(None, description="See TrainingSpec.abstain_threshold.")
     created_at: datetime
-    providers: list[str] | None = Field(None, description="onnxruntime providers in use in this API process.")
+    providers: list[str] | None = Field(None, description="The onnxruntime execution providers this server's API "
+                                        "processes ask for, best first (the same whether or not a process has "
+                                        "loaded the model; a process that cannot start CUDA logs it and uses CPU).")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -428,7 +454,7 @@ class Record(_Strict):
 
 
 class DatasetCreate(_Strict):
-    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
+    name: Name
     records: list[Record] = Field(min_length=1)
 
 
@@ -535,7 +561,7 @@ class Scope(StrEnum):
 
 
 class ApiKeyCreate(_Strict):
-    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN, description="Who or what uses the key.")
+    name: Name = Field(description="Who or what uses the key.")
     scopes: list[Scope] = Field(min_length=1, max_length=4, description="read, train, predict and/or admin.")
 
 

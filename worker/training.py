@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import resource
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 2.0
 # Validation texts used by the ONNX parity check.
 PARITY_SAMPLE = 64
+MIB = 1024 * 1024
+# What progress.percent reads once every step is done and until the model is registered (100): the network's
+# selection and TF-IDF fit, export, parity check and evaluation, for which there is no step count to go by.
+AFTER_TRAINING_PERCENT = 99.0
 # Tries at registering a model when concurrent registrations of one name race for a version number.
 REGISTER_ATTEMPTS = 3
 
@@ -152,8 +158,9 @@ def _run(sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.U
          spec: TrainingSpec, dataset_sha256: str | None, checkpoint: CheckpointStore,
          pruner: SweepPruner | None = None) -> str:
     try:
-        model_id, metrics = _train_and_register(sessionmaker, settings, job_id, owner, spec, dataset_sha256,
-                                                checkpoint, pruner)
+        with memory_cap(settings.training_memory_limit_mb * MIB if _trains_on_cpu(spec) else None):
+            model_id, metrics = _train_and_register(sessionmaker, settings, job_id, owner, spec, dataset_sha256,
+                                                    checkpoint, pruner)
     except JobPruned as exc:
         with sessionmaker.begin() as session:
             jobs.finish_job(session=session, job_id=job_id, status=JobStatus.pruned, error_code=ErrorCode.pruned,
@@ -183,12 +190,77 @@ def _run(sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.U
             # a library was mid-write, and the library's cleanup raised its own error over the exit: torch.save's
             # zip writer did ("unexpected pos"). Exit as told: the job is re-queued, not failed.
             raise interrupt from None
+        if out_of_memory(exc):
+            # Past the cap the allocation failed here, where a kernel OOM kill would have been re-queued to die
+            # again; the cap is lifted again by now, so this write has memory to work with.
+            log.warning("job %s ran out of memory: %s", job_id, exc)
+            _fail(sessionmaker, job_id, owner, ErrorCode.out_of_memory,
+                  f"Training ran out of memory: a job may use {settings.training_memory_limit_mb:,} MiB above its "
+                  "process's own (TRAINING_MEMORY_LIMIT_MB). Lower batch_size, tokenizer.max_length, "
+                  "model.embedding_dim or the model's width.")
+            return JobStatus.failed
         log.exception("job %s: unexpected error", job_id)
         _fail(sessionmaker, job_id, owner, ErrorCode.training_error,
               f"Training failed unexpectedly ({type(exc).__name__}).")
         return JobStatus.failed
     log.info("job %s succeeded: model %s, val accuracy %.4f", job_id, model_id, metrics.get("val_accuracy", 0.0))
     return JobStatus.succeeded
+
+
+def _trains_on_cpu(spec: TrainingSpec) -> bool:
+    import torch
+
+    return spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available())
+
+
+def _vm_data() -> int | None:
+    """This process's data segment in bytes (what RLIMIT_DATA counts), or None where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def memory_cap(limit_bytes: int | None) -> Iterator[None]:
+    """Let the process's data segment grow by at most `limit_bytes` while the block runs (None: no cap).
+
+    A kernel OOM kill is a SIGKILL like any other, so the job would be re-queued to die again. Under the cap an
+    allocation past it fails in the process instead (MemoryError, torch's "can't allocate memory"), and the job
+    fails with out_of_memory. RLIMIT_DATA counts private writable memory, which is what training allocates; it
+    is not applied on CUDA, where the driver's own mappings would count and the GPU's memory is what runs out
+    (torch raises OutOfMemoryError there). Only the soft limit changes, and it is restored on the way out.
+    """
+    current = _vm_data()
+    if limit_bytes is None or current is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = current + limit_bytes
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """True when `exc`, or an error it was raised while handling, is a failed allocation: Python's and numpy's
+    MemoryError, torch's CPU allocator ("can't allocate memory") or CUDA's OutOfMemoryError."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError) or type(current).__name__ == "OutOfMemoryError" \
+                or "can't allocate memory" in str(current):
+            return True
+        seen.add(id(current))
+        current = current.__context__
+    return False
 
 
 def interrupt_behind(exc: BaseException) -> BaseException | None:
@@ -278,7 +350,10 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
             return
         new_epoch = len(history) > epochs_written
         last_write, epochs_written = now, len(history)
-        _write_progress(sm, job_id, owner, {k: v for k, v in progress.items() if k != "history"}, history=history)
+        shown = {k: v for k, v in progress.items() if k != "history"}
+        if shown.get("percent", 0.0) >= AFTER_TRAINING_PERCENT:  # the steps are done, the job is not
+            shown.update(percent=AFTER_TRAINING_PERCENT, eta_seconds=None)
+        _write_progress(sm, job_id, owner, shown, history=history)
         if new_epoch and pruner is not None:
             pruner.after_epoch(history)  # after the write: siblings judge this child by the stored history
 
@@ -290,8 +365,7 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
                        should_stop=should_stop, checkpoint=checkpoint)
     except TrainingDiverged as exc:
         raise JobFailed(ErrorCode.training_diverged,
-                        f"The loss became NaN or infinite ({exc}); lower the learning rate or clip gradients.") \
-            from None
+                        f"Training diverged: {exc}; lower the learning rate or clip gradients.") from None
     except TrainingCancelled:
         if pruner is not None and pruner.reason is not None:
             raise JobPruned(pruner.reason) from None
@@ -320,7 +394,7 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
         try:
             parity = check_parity(result.model, work_dir / "model.onnx", result.encoder, val_texts[:PARITY_SAMPLE])
         except ParityError as exc:
-            raise JobFailed(ErrorCode.onnx_parity_failed, f"onnxruntime disagrees with torch: {exc}") from None
+            raise JobFailed(ErrorCode.onnx_parity_failed, str(exc)) from None  # the message says what disagreed
 
         # evaluate the exported model, i.e. exactly what will be served
         _write_progress(sm, job_id, owner, {**_last_progress(result, spec), "stage": "evaluating"})
@@ -384,10 +458,12 @@ def _write_progress(sm: sessionmaker[Session], job_id: uuid.UUID, owner: str, pr
 
 
 def _last_progress(result, spec: TrainingSpec) -> dict[str, Any]:
+    """Progress once the steps are done: export and evaluation (seconds, longer than training for a small BiGRU)
+    still lie ahead, so under 100 % and no ETA; registration writes 100 %."""
     epochs = len(result.history)
     steps = int(result.metrics.get("steps", 0))
-    return {"epoch": epochs, "total_epochs": spec.epochs, "step": steps, "total_steps": steps, "percent": 100.0,
-            "eta_seconds": 0.0}
+    return {"epoch": epochs, "total_epochs": spec.epochs, "step": steps, "total_steps": steps,
+            "percent": AFTER_TRAINING_PERCENT, "eta_seconds": None}
 
 
 def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from pathlib import Path
 
 from flask import Blueprint, request
-from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
+from app import ingest
 from app.api import idempotency
 from app.api.common import json_body, page_args, parse, parse_uuid
 from app.config import Settings
 from app.db import datasets, jobs
-from app.db.models import IdempotencyKey, TrainingJob
+from app.db.datasets import records_path
+from app.db.models import TrainingJob
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
 from app.reaper import dispatch_sweeps
-from app.model_size import spec_params
+from app.model_size import MB, DataShape, estimate_training_bytes, spec_params
 from app.spec import JobRead, JobStatus, TrainingSpec
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
@@ -51,7 +54,7 @@ def create_job():
         state().send_job(job.id, spec.max_runtime_seconds)
     except Exception:
         log.exception("could not enqueue job %s", job.id)
-        session.execute(delete(IdempotencyKey).where(IdempotencyKey.endpoint == "jobs", IdempotencyKey.key == key))
+        idempotency.forget(session, "jobs", key)
         session.delete(job)
         session.commit()
         raise ServiceError(ErrorCode.unavailable, "The job queue is unavailable; nothing was queued. Try again.",
@@ -63,12 +66,18 @@ def create_job():
 def check_spec(session, spec: TrainingSpec, loc: tuple = ()) -> None:
     """What the schema cannot know: the datasets exist, per-label settings name their labels, and the spec
     stays under this server's ceilings (422 otherwise; `loc` prefixes the error locations)."""
+    found = {}
     for field in ("dataset_id", "test_dataset_id"):
         dataset_id = getattr(spec, field)
-        if dataset_id is not None and datasets.get_dataset(session=session, dataset_id=dataset_id) is None:
+        if dataset_id is None:
+            continue
+        # Read once, and locked until the job is stored or refused: a concurrent delete of the dataset waits and
+        # then sees the job (409), or went first and leaves nothing to find here (422).
+        found[field] = datasets.lock_dataset(session=session, dataset_id=dataset_id)
+        if found[field] is None:
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
                                [{"loc": [*loc, field], "msg": "dataset not found", "type": "not_found"}])
-    labels = datasets.get_dataset(session=session, dataset_id=spec.dataset_id).labels
+    labels = found["dataset_id"].labels
     try:
         _check_label_keys(spec, labels)
         _check_ceilings(spec, num_classes=len(labels), settings=state().settings)
@@ -101,6 +110,46 @@ def _check_ceilings(spec: TrainingSpec, *, num_classes: int, settings: Settings)
             "model's width.", 422,
             [{"loc": ["model"], "msg": f"{params} parameters > {settings.max_model_params}",
               "type": "less_than_equal"}])
+    _check_training_memory(spec, num_classes=num_classes, settings=settings)
+
+
+def _memory_fields(spec: TrainingSpec, part: str) -> list[str]:
+    """The spec fields behind one part of the training memory estimate, named in the 422."""
+    width = {"textcnn": ["model.num_filters"], "bigru": ["model.hidden_size", "model.num_layers"]}
+    return {"activations": ["batch_size", "tokenizer.max_length", "model.embedding_dim",
+                            *width.get(spec.model.name, [])],
+            "parameters": ["tokenizer.vocab_size", "model.embedding_dim", "model.ngram_buckets", "optimizer.name"],
+            "data": ["tokenizer.max_length"], "tfidf": ["model.tfidf"]}[part]
+
+
+def _check_training_memory(spec: TrainingSpec, *, num_classes: int, settings: Settings) -> None:
+    """422 when the job's estimated peak training memory is over TRAINING_MEMORY_LIMIT_MB: past it the worker's
+    cap would fail the job with out_of_memory anyway, after it waited its turn."""
+    path = records_path(settings, spec.dataset_id)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return  # nothing to train on: the worker fails the job with dataset_missing
+    parts = estimate_training_bytes(spec, _data_shape(path, stat.st_mtime_ns, stat.st_size), num_classes=num_classes)
+    total_mb, limit = -(-sum(parts.values()) // MB), settings.training_memory_limit_mb
+    if total_mb <= limit:
+        return
+    biggest = max(("activations", "parameters", "data", "tfidf"), key=parts.__getitem__)
+    fields = _memory_fields(spec, biggest)
+    breakdown = ", ".join(f"{name} {-(-value // MB):,}" for name, value in parts.items())
+    raise ServiceError(
+        ErrorCode.validation_error,
+        f"Training this spec would take about {total_mb:,} MiB ({breakdown}); this server allows {limit:,} MiB "
+        f"(TRAINING_MEMORY_LIMIT_MB). Most of it is {biggest}: lower {', '.join(fields)}.", 422,
+        [{"loc": f.split("."), "msg": f"estimated training memory {total_mb} MiB > {limit} MiB",
+          "type": "less_than_equal"} for f in fields])
+
+
+@functools.lru_cache(maxsize=64)
+def _data_shape(path: Path, mtime_ns: int, size: int) -> DataShape:
+    """Rows and longest text of a records file, read once per process and file version (a dataset never
+    changes; the key's mtime and size only guard against a reused path)."""
+    return DataShape.of(ingest.read_records(path)[0], records_bytes=size)
 
 
 def _check_label_keys(spec: TrainingSpec, dataset_labels: dict[str, int]) -> None:

@@ -300,6 +300,85 @@ def test_custom_columns_that_are_absent_are_named(api: Api):
     assert error["details"]["missing"] == ["review", "sentiment"]
 
 
+def test_a_wrong_header_says_how_to_choose_the_columns(any_api: Api):
+    data = b"question,category\nwhat is a bat,DESC\nwho wrote it,HUM\n"
+    with any_api.writes_nothing():
+        error = assert_error(any_api.upload(data), 422, "invalid_dataset",
+                             says=("found: 'question', 'category'", "-F text_column=question -F label_column=category"))
+    assert error["details"]["parameters"] == {"text_column": "question", "label_column": "category"}
+    # the suggestion works, as form fields and as query parameters of a raw body
+    assert any_api.upload(data, text_column="question", label_column="category").status_code == 201
+    resp = any_api.post("/v1/datasets?name=trec&text_column=question&label_column=category", data=data,
+                        content_type="text/csv")
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+
+
+def test_labels_over_200_characters_or_over_the_total_are_refused(tmp_path: Path):
+    with running_api(sqlite_settings(tmp_path, MAX_LABELS_TOTAL_BYTES=1024)) as (api, _):
+        long = b"L" * 100_000
+        with api.writes_nothing():
+            assert_error(api.upload(b"text,label\na film,pos\ndull," + long + b"\n"), 422, "invalid_dataset",
+                         says=("Label longer than 200 characters", "'LLLL", "line 3"))
+            # six distinct labels of 200 characters: each allowed, 1,200 bytes together are not
+            rows = b"".join(b"text %d,%s\n" % (i, bytes([65 + i]) * 200) for i in range(6))
+            assert_error(api.upload(b"text,label\n" + rows), 422, "invalid_dataset",
+                         says=("6 distinct labels take 1200 bytes", "at most 1024"))
+        assert api.upload(b"text,label\n" + rows[: rows.index(b"text 5")]).status_code == 201  # 1,000 bytes
+
+
+BINARY_UPLOADS = {
+    "xlsx": (b"PK\x03\x04\x14\x00\x06\x00\x08\x00" + bytes(20) + b"[Content_Types].xml", "train.xlsx", "ZIP"),
+    "xls": (bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504), "train.xls", "Excel 97-2003"),
+    "pdf": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "train.pdf", "PDF"),
+    "parquet": (b"PAR1" + bytes(40) + b"PAR1", "train.parquet", "Parquet"),
+    "gzip": (b"\x1f\x8b\x08\x00" + bytes(16), "train.csv.gz", "gzip"),
+}
+
+
+@pytest.mark.parametrize("case", BINARY_UPLOADS, ids=list(BINARY_UPLOADS))
+def test_binary_file_formats_are_415_naming_the_supported_ones(any_api: Api, case: str):
+    data, filename, kind = BINARY_UPLOADS[case]
+    with any_api.writes_nothing():
+        for resp in (any_api.upload(data, filename),
+                     any_api.post("/v1/datasets?name=x", data=data, content_type="application/octet-stream")):
+            error = assert_error(resp, 415, "unsupported_media_type",
+                                 says=(kind, "CSV", "TSV", "JSON Lines", "JSON array"))
+            assert error["details"]["supported"] == ["csv", "tsv", "jsonl", "json"]
+
+
+def test_text_with_a_stray_nul_byte_is_still_422(any_api: Api):
+    with any_api.writes_nothing():
+        assert_error(any_api.upload(b"text,label\nhello there,a\ngood\x00bye,b\n"), 422, "invalid_dataset",
+                     says=("NUL bytes", "line 3"))
+
+
+# Each name's route: a right-to-left override makes "invoice\u202egpj.exe" display as "invoiceexe.jpg".
+SPOOFED_NAMES = {
+    "dataset_multipart": lambda api, name, _: api.upload(tiny_dataset_csv(), name=name),
+    "dataset_raw_query": lambda api, name, _: api.post("/v1/datasets", query_string={"name": name},
+                                                       data=tiny_dataset_csv(), content_type="text/csv"),
+    "dataset_records": lambda api, name, _: api.post("/v1/datasets", json={"name": name, "records": [
+        {"text": "x", "label": "a"}, {"text": "y", "label": "b"}]}),
+    "job": lambda api, name, dataset_id: api.post("/v1/jobs", json={"dataset_id": dataset_id, "name": name}),
+    "sweep": lambda api, name, dataset_id: api.post("/v1/sweeps", json={
+        "dataset_id": dataset_id, "name": name, "grid": {"optimizer.lr": [0.1, 0.01]}}),
+    "key": lambda api, name, _: api.post("/v1/keys", json={"name": name, "scopes": ["read"]}),
+}
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\x85", "\u200b", "\u2066"], ids=["RLO", "NEL", "ZWSP", "LRI"])
+@pytest.mark.parametrize("case", SPOOFED_NAMES, ids=list(SPOOFED_NAMES))
+def test_names_with_control_or_invisible_format_characters_are_422(api: Api, case: str, char: str):
+    dataset_id = api.create_dataset()
+    keys = api.get("/v1/keys").get_json()["total"]
+    with api.writes_nothing():
+        error = assert_error(SPOOFED_NAMES[case](api, f"invoice{char}gpj.exe", dataset_id), 422,
+                             "validation_error")
+    assert ["name"] in locs(error)
+    assert any(f"U+{ord(char):04X}" in d["msg"] for d in error["details"]), error
+    assert api.get("/v1/keys").get_json()["total"] == keys and api.total("/v1/sweeps") == 0
+
+
 def test_raw_csv_body_with_name_in_query(any_api: Api):
     resp = any_api.post("/v1/datasets?name=raw-upload", data=tiny_dataset_csv(), content_type="text/csv")
     assert resp.status_code == 201, resp.get_data(as_text=True)
@@ -765,3 +844,23 @@ def test_max_runtime_above_the_servers_ceiling_is_422(tmp_path: Path):
 def test_visibility_timeout_must_outlast_the_longest_job(tmp_path: Path):
     with pytest.raises(ValueError, match="BROKER_VISIBILITY_TIMEOUT"):
         sqlite_settings(tmp_path, JOB_MAX_RUNTIME_SECONDS=7200, BROKER_VISIBILITY_TIMEOUT=3600)
+
+
+# Texts of 3,000 words (a small upload: werkzeug spools larger ones to a file): the largest spec the schema
+# accepts would take several GiB in its first step on them.
+LONG_TEXTS_CSV = ("text,label\n" + "".join(f"{' '.join(['w'] * 3000)} {i},{'ab'[i % 2]}\n" for i in range(20))
+                  ).encode()
+HUGE_SPEC = {"batch_size": 4096, "tokenizer": {"max_length": 4096},
+             "model": {"embedding_dim": 1024, "num_filters": 1024}}
+
+
+def test_a_spec_over_the_training_memory_ceiling_is_422_naming_its_fields(tmp_path: Path):
+    with running_api(sqlite_settings(tmp_path)) as (api, _):
+        dataset_id = api.create_dataset(LONG_TEXTS_CSV)
+        with api.writes_nothing():
+            error = assert_error(api.post("/v1/jobs", json={"dataset_id": dataset_id, **HUGE_SPEC}), 422,
+                                 "validation_error", says=("TRAINING_MEMORY_LIMIT_MB", "4,096 MiB", "activations"))
+        assert ["batch_size"] in locs(error) and ["model", "num_filters"] in locs(error)
+        # the same texts with a sane spec, and the huge spec on short texts, are queued
+        assert api.post("/v1/jobs", json={"dataset_id": dataset_id}).status_code == 202
+        assert api.post("/v1/jobs", json={"dataset_id": api.create_dataset(), **HUGE_SPEC}).status_code == 202

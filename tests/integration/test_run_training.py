@@ -320,3 +320,65 @@ def test_a_sweep_child_that_leads_is_not_pruned(pg):
                                                      "val_accuracy": 0.0, "val_macro_f1": 0.0, "lr": 0.1,
                                                      "seconds": 1.0}]
     assert run_training(sessionmaker=sm, settings=settings, job_id=ids[0], send=lambda j, r: None) == "succeeded"
+
+
+def test_a_job_past_its_memory_cap_fails_with_out_of_memory_and_is_not_retried(tmp_path: Path, pg_url: str):
+    import resource
+
+    # Loaded before the cap, as the worker's parent preloads them for its job processes: an import cut short by
+    # the cap would leave half a module behind for the rest of this test process.
+    import worker.ml.export  # noqa: F401
+    import worker.ml.train  # noqa: F401
+
+    # A 64 MiB allowance and a 256 MB bigram table: building the model fails inside the cap, deterministically.
+    settings = make_settings(tmp_path, DATABASE_URL=pg_url, TRAINING_MEMORY_LIMIT_MB=64)
+    engine = make_engine(pg_url)
+    sm = make_sessionmaker(engine)
+    limits = resource.getrlimit(resource.RLIMIT_DATA)
+    try:
+        job_id = queue_job(settings, sm, model={"name": "fasttext", "embedding_dim": 64, "ngram_buckets": 1_000_000},
+                           device="cpu")
+        assert run_training(sessionmaker=sm, settings=settings, job_id=job_id) == "failed"
+        with sm() as s:
+            job = jobs.get_job(session=s, job_id=job_id)
+        assert job.error_code == "out_of_memory" and "TRAINING_MEMORY_LIMIT_MB" in job.error_message
+        assert job.status == "failed" and job.attempts == 1 and job.model_id is None
+        assert resource.getrlimit(resource.RLIMIT_DATA) == limits  # the cap ends with the job
+    finally:
+        engine.dispose()
+
+
+def test_an_exploding_finite_loss_fails_as_training_diverged(pg):
+    settings, sm = pg
+    # Adam at lr 10 without clipping: TextCNN's training loss is ~1.8e6 in epoch 1 (seed 0), finite, so the job
+    # went on to export and failed as onnx_parity_failed (or, under SGD, registered a model at chance accuracy).
+    job_id = queue_job(settings, sm, optimizer={"name": "adam", "lr": 10.0}, grad_clip=None,
+                       scheduler={"name": "constant"}, epochs=2, model={"tfidf": None})
+    assert run_training(sessionmaker=sm, settings=settings, job_id=job_id) == "failed"
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+    assert job.error_code == "training_diverged", job.error_message
+    assert "in epoch 1" in job.error_message and "learning rate" in job.error_message
+    assert job.model_id is None
+
+
+def test_progress_stays_under_100_percent_with_no_eta_until_the_model_is_registered(pg, monkeypatch):
+    settings, sm = pg
+    job_id = queue_job(settings, sm)
+    written = []
+    real_write = jobs.update_progress
+
+    def record(**kwargs):  # the real write, with what it wrote kept
+        written.append(dict(kwargs["progress"]))
+        return real_write(**kwargs)
+
+    monkeypatch.setattr(jobs, "update_progress", record)
+    status = run_training(sessionmaker=sm, settings=settings, job_id=job_id)
+    with sm() as s:
+        job = jobs.get_job(session=s, job_id=job_id)
+    assert status == "succeeded", job.error_message
+    after_training = [p for p in written if p["stage"] in ("exporting", "evaluating")]
+    assert [p["stage"] for p in after_training] == ["exporting", "evaluating"]
+    assert all(p["percent"] < 100 and p["eta_seconds"] is None for p in after_training)
+    assert all(p.get("percent", 0) < 100 for p in written)
+    assert job.progress["percent"] == 100.0

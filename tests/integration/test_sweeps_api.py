@@ -20,7 +20,8 @@ from app.db import jobs as jobs_db
 from app.reaper import dispatch_sweeps
 from app.spec import JobStatus
 from tests.conftest import make_settings
-from tests.integration.test_api import Api, assert_error, running_api, sqlite_settings
+from tests.integration.test_api import (HUGE_SPEC, LONG_TEXTS_CSV, Api, assert_error, running_api,
+                                        sqlite_settings)
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +154,17 @@ def test_bad_sweeps_are_422_naming_the_problem_and_queue_nothing(sweep_api, body
                              says=(says,))
     assert loc in [d["loc"] for d in error["details"]], error
     assert api.total("/v1/sweeps") == sweeps_before
+
+
+def test_every_child_is_checked_against_the_training_memory_ceiling(sweep_api):
+    api, _ = sweep_api
+    dataset = api.create_dataset(LONG_TEXTS_CSV)
+    base = {**HUGE_SPEC, "epochs": 2}
+    with api.writes_nothing():
+        error = assert_error(api.post("/v1/sweeps", json={"dataset_id": dataset, "base": base,
+                                                          "grid": {"batch_size": [2, 4096]}}),
+                             422, "validation_error", says=("TRAINING_MEMORY_LIMIT_MB",))
+    assert ["children", 1, "batch_size"] in [d["loc"] for d in error["details"]], error
 
 
 def test_an_unknown_dataset_is_422_and_an_unknown_sweep_404(sweep_api):

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from app.ml.tokenizer import TextEncoder, fit_tokenizer
-from app.model_size import estimate_params, spec_params
+from app.model_size import DataShape, estimate_params, estimate_training_bytes, spec_params
 from app.spec import ModelSpec, TokenizerSpec, TrainingSpec
 from worker.ml.model import build_model
 
@@ -55,3 +55,47 @@ def test_default_and_fast_specs_are_far_below_the_default_ceiling():
     for preset in ("default", "fast"):
         spec = TrainingSpec(dataset_id="00000000-0000-0000-0000-000000000000", preset=preset)
         assert spec_params(spec, num_classes=100) < ceiling / 10
+
+
+# A dataset of 1,000 texts of 5,000 words, and one of TREC's shape (5,000 questions of at most 40 words).
+LONG = DataShape(rows=1_000, records_bytes=30_000_000, longest_words=5_000, longest_chars=25_000)
+SHORT = DataShape(rows=5_000, records_bytes=300_000, longest_words=40, longest_chars=200)
+MIB = 2**20
+
+
+def memory(fields: dict, data: DataShape = LONG, num_classes: int = 4) -> int:
+    spec = TrainingSpec(dataset_id="00000000-0000-0000-0000-000000000000", **fields)
+    return sum(estimate_training_bytes(spec, data, num_classes=num_classes).values())
+
+
+def test_the_largest_spec_is_far_over_the_default_memory_ceiling_and_the_presets_far_under():
+    from app.config import Settings
+
+    ceiling = Settings.model_fields["training_memory_limit_mb"].default * MIB
+    huge = {"batch_size": 4096, "tokenizer": {"max_length": 4096},
+            "model": {"embedding_dim": 1024, "num_filters": 1024}}
+    assert memory(huge) > 4 * ceiling
+    for preset in ("default", "fast"):
+        assert memory({"preset": preset}, SHORT) < ceiling / 4
+        assert memory({"preset": preset}) < ceiling  # long texts are cut at max_length 256
+
+
+@pytest.mark.parametrize(("more", "less"), [
+    ({"batch_size": 256}, {}), ({"tokenizer": {"max_length": 1024}}, {}), ({"model": {"embedding_dim": 512}}, {}),
+    ({"model": {"num_filters": 400}}, {}),
+    ({"model": {"name": "bigru", "hidden_size": 512}}, {"model": {"name": "bigru"}}),
+    ({"tokenizer": {"vocab_size": 200_000}}, {}), ({"optimizer": {"name": "adam"}}, {"optimizer": {"name": "sgd"}}),
+    ({}, {"model": {"tfidf": None}}),
+], ids=str)
+def test_memory_grows_with_each_field_that_drives_it(more, less):
+    assert memory(more) > memory(less)
+
+
+def test_texts_count_at_their_length_in_tokens_up_to_max_length():
+    spec = {"tokenizer": {"max_length": 4096}}
+    assert memory(spec, SHORT) < memory(spec, LONG)
+    # a subword tokenizer may split every character off: its bound is the characters, not the words
+    assert memory({**spec, "tokenizer": {"max_length": 4096, "kind": "bpe"}}, SHORT) > memory(spec, SHORT)
+    # Paris ? It ' s big . : the word tokenizer's pre-tokens
+    assert DataShape.of(["Paris? It's big.", "a b"], records_bytes=40) == DataShape(
+        rows=2, records_bytes=40, longest_words=7, longest_chars=14)

@@ -274,6 +274,45 @@ def test_nan_loss_raises_diverged(monkeypatch):
         train(tiny_spec(), TEXTS, Y, label_names=LABELS, device=CPU)
 
 
+def test_an_exploding_finite_loss_raises_diverged_naming_the_epoch_and_the_loss(monkeypatch):
+    real_build = train_mod.build_model
+
+    def loud_model(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        with torch.no_grad():
+            model.head.weight.mul_(1e6)  # logits of ~1e6: a finite loss far above where training starts
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", loud_model)
+    with pytest.raises(TrainingDiverged, match=r"reached \d.*e\+0\d in epoch 1, over 100 x ln\(2 classes\)"):
+        train(tiny_spec(optimizer={"name": "sgd", "lr": 1e-9}), TEXTS, Y, label_names=LABELS, device=CPU)
+
+
+def test_a_loss_that_learns_is_not_divergence():
+    train_mod.check_divergence(60.0, 2, "in epoch 1")  # under 100 x ln 2 = 69.3
+    with pytest.raises(TrainingDiverged, match="in epoch 3"):
+        train_mod.check_divergence(70.0, 2, "in epoch 3")
+    with pytest.raises(TrainingDiverged, match="nan"):
+        train_mod.check_divergence(float("nan"), 5, "at step 9 (epoch 1)")
+
+
+def test_parity_tolerance_scales_with_the_logits(tmp_path):
+    # the network alone: a blend's outputs are log-probabilities, whatever the network's scale
+    result = train(tiny_spec(max_steps=1, model={"tfidf": None}), TEXTS, Y, label_names=LABELS, device=CPU)
+    with torch.no_grad():
+        result.model.head.weight.mul_(1e6)
+        result.model.head.bias.mul_(1e6)
+    export_onnx(result.model, tmp_path / "model.onnx", vocab_size=result.encoder.vocab_size)
+    # float32 rounding of logits near 1e6 is far above an absolute 1e-4, and still a faithful export
+    parity = check_parity(result.model, tmp_path / "model.onnx", result.encoder, TEXTS)
+    assert parity["argmax_agreement"] == 1.0 and 1e-4 < parity["max_abs_diff"] <= parity["tolerance"]
+    with torch.no_grad():
+        result.model.head.bias += torch.tensor([1e5, -1e5])  # torch now disagrees with the file, at scale
+    with pytest.raises(ParityError, match="^onnxruntime disagrees with torch: {") as caught:
+        check_parity(result.model, tmp_path / "model.onnx", result.encoder, TEXTS)
+    assert str(caught.value).count("onnxruntime disagrees") == 1
+
+
 def test_unknown_label_is_rejected():
     with pytest.raises(ValueError, match="label_names"):
         train(tiny_spec(), TEXTS, Y, label_names=["animals"], device=CPU)

@@ -45,7 +45,25 @@ class TrainingCancelled(Exception):
 
 
 class TrainingDiverged(Exception):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or exploded (see DIVERGENCE_FACTOR)."""
+
+
+# A run has diverged once its mean training loss is non-finite or above this many times ln(classes): the loss of
+# predicting every class equally likely, which is about where a freshly initialised model starts. Nothing that
+# learns gets near it (that is a mean probability of e^-69 for the right class, with two classes); optimizers
+# blown up by a learning rate of 10 without clipping reached 1e7 in their first epoch, and SGD's models would
+# otherwise register at chance accuracy.
+DIVERGENCE_FACTOR = 100.0
+
+
+def check_divergence(loss: float, num_classes: int, where: str) -> None:
+    """Raise TrainingDiverged when `loss` (a mean training loss, at `where`) is non-finite or exploded."""
+    limit = DIVERGENCE_FACTOR * math.log(max(num_classes, 2))
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the training loss is {loss} {where}")
+    if loss > limit:
+        raise TrainingDiverged(f"the training loss reached {loss:.4g} {where}, over {DIVERGENCE_FACTOR:g} x "
+                               f"ln({num_classes} classes) = {limit:.4g}")
 
 
 class CudaUnavailable(RuntimeError):
@@ -613,15 +631,14 @@ def train(
                     check_stop()
                 if now - last_progress >= PROGRESS_EVERY_S:
                     last_progress = now
-                    if not math.isfinite(loss_sum.item()):
-                        raise TrainingDiverged(f"training loss is {loss_sum.item()} at step {step}")
+                    # the .item() this check needs is the progress report's sync point anyway
+                    check_divergence(loss_sum.item() / seen, len(label_names), f"at step {step} (epoch {epoch})")
                     progress(epoch)
                 if step >= total_steps:
                     break
 
             train_loss = loss_sum.item() / max(seen, 1)
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(f"training loss is {train_loss} in epoch {epoch}")
+            check_divergence(train_loss, len(label_names), f"in epoch {epoch}")
 
             # evaluate
             val_logits = _predict_logits(model, va_ids, va_mask, va_len, min_len, device, autocast)
