@@ -114,12 +114,14 @@ def test_the_worker_modules_do_not_load_torch_at_import():
     assert out.stdout.strip() == "False"
 
 
-def test_a_stop_signal_masked_by_a_library_error_still_stops_the_job_process(monkeypatch):
+def test_a_stop_signal_masked_by_a_library_error_still_stops_the_job_process(monkeypatch, tmp_path):
     """Celery terminates the task (SystemExit in the process) when the broker connection is lost. Arriving inside
     torch.save, the zip writer's cleanup raised RuntimeError("unexpected pos ...") over it, and the job was
     marked failed instead of being re-queued (seen in tests/e2e/test_outages.py). The exit must win."""
     import uuid
 
+    from app.spec import TrainingSpec
+    from tests.conftest import make_settings
     from worker import training
 
     def interrupted(*_args, **_kwargs):
@@ -131,7 +133,8 @@ def test_a_stop_signal_masked_by_a_library_error_still_stops_the_job_process(mon
     monkeypatch.setattr(training, "_train_and_register", interrupted)
     # No sessionmaker: marking the job failed would need one, so any attempt to do so fails this test.
     with pytest.raises(SystemExit) as stopped:
-        training._run(None, None, uuid.uuid4(), "worker-1", None, None, None)
+        training._run(None, make_settings(tmp_path), uuid.uuid4(), "worker-1",
+                      TrainingSpec(dataset_id=uuid.uuid4(), device="cpu"), None, None)
     assert stopped.value.code == -241
 
     plain = RuntimeError("a real bug")
