@@ -86,8 +86,8 @@ def test_dashboard_pages_in_chromium(tmp_path, processes, browser):
     browser.get(f"{base}/")
     row = f'#jobs tr[data-job="{job["id"]}"]'
     wait_count(browser, row)
-    WebDriverWait(browser, 240, poll_frequency=0.5).until(
-        lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .badge").text == "succeeded")
+    # text_of: the table redraws as it polls, so an element handle may be gone before its text is read
+    WebDriverWait(browser, 240, poll_frequency=0.5).until(lambda d: text_of(d, f"{row} .badge") == "succeeded")
     shots.append(screenshot(browser, "jobs"))
     assert_no_console_errors(browser)
     done = requests.get(f"{base}/v1/jobs/{job['id']}", timeout=10).json()
@@ -186,7 +186,7 @@ def test_sweep_pages_in_chromium(tmp_path, processes, browser):
     assert requests.get(f"{base}/v1/sweeps/{sweep_id}?history=false", timeout=10).json()["best"] is None
     browser.find_element(By.ID, "promote-alias").send_keys("prod")
     browser.find_element(By.CSS_SELECTOR, "#promote-form button[type=submit]").click()
-    WebDriverWait(browser, 10).until(lambda d: "(HTTP 409, conflict)" in d.find_element(By.ID, "notice").text)
+    WebDriverWait(browser, 10).until(lambda d: "(HTTP 409, conflict)" in (text_of(d, "#notice") or ""))
     assert "error" in browser.find_element(By.ID, "notice").get_attribute("class")
     # The refused request is the only console error Chromium logs (as a failed resource load).
     errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
@@ -235,7 +235,7 @@ def test_sweep_pages_in_chromium(tmp_path, processes, browser):
     # promote through the form: the alias now serves the best child's model
     browser.find_element(By.ID, "promote-alias").send_keys("prod")
     browser.find_element(By.CSS_SELECTOR, "#promote-form button[type=submit]").click()
-    WebDriverWait(browser, 30).until(lambda d: "Alias prod now points" in d.find_element(By.ID, "notice").text)
+    WebDriverWait(browser, 30).until(lambda d: "Alias prod now points" in (text_of(d, "#notice") or ""))
     aliases = requests.get(f"{base}/v1/aliases", timeout=10).json()["items"]
     assert [(a["name"], a["model_id"]) for a in aliases] == [("prod", best["model_id"])]
     shots.append(screenshot(browser, "sweep"))
