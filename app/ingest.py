@@ -26,7 +26,7 @@ RARE_LABEL_COUNT = 10  # fewer examples than this can barely be learned, let alo
 SHOWN = 5  # offending lines and examples quoted per error or warning; enough to find the pattern
 # ASCII control characters other than tab, LF and CR; in valid UTF-8 these bytes only ever stand for themselves.
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON "\ud800" escapes decode to strings UTF-8 cannot store
+SURROGATE = re.compile("[\ud800-\udfff]")  # JSON "\ud800" escapes decode to strings UTF-8 cannot store
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 # Files saved or exported instead of text, known by their first bytes: a 415 naming what to send says more than
 # the "NUL bytes" or "not UTF-8" that decoding them would report. Not by file name: tools export TSV as ".xls".
@@ -375,7 +375,7 @@ def _build(rows: list[Row], key: str, fmt: str, limits: Limits) -> ParsedDataset
             problems[f"Text longer than {limits.max_text_chars} characters"].append(where)
         if "\x00" in text or "\x00" in label:  # PostgreSQL cannot store U+0000 in text
             problems["NUL character (U+0000) in text or label"].append(where)
-        if _SURROGATE.search(text) or _SURROGATE.search(label):
+        if SURROGATE.search(text) or SURROGATE.search(label):
             problems["Unpaired UTF-16 surrogate escape in text or label"].append(where)
         texts.append(text)
         labels.append(label)

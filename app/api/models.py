@@ -13,7 +13,7 @@ from app.db import jobs, registry
 from app.db.models import Model, ModelAlias
 from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
-from app.ingest import _SURROGATE
+from app.ingest import SURROGATE
 from app.ml.predictor import OnnxPredictor, choose_providers
 from app.predictors import ModelUnavailable
 from app.serving import ServedModel
@@ -74,7 +74,7 @@ def _predict(served: ServedModel, alias: str | None = None):
                   f"Texts longer than {settings.max_text_chars} characters (MAX_TEXT_CHARS).", "text too long",
                   "too_long")
     # JSON "\ud800" escapes decode to strings the tokenizer (UTF-8) cannot take; uploads refuse them too.
-    _refuse_texts([i for i, t in enumerate(body.texts) if _SURROGATE.search(t)],
+    _refuse_texts([i for i, t in enumerate(body.texts) if SURROGATE.search(t)],
                   "Texts with an unpaired UTF-16 surrogate escape (\\ud800-\\udfff).", "unpaired surrogate",
                   "value_error")
     predictor = _predictor(served)
