@@ -25,6 +25,7 @@ RUN groupadd --system --gid 10001 textclf \
 WORKDIR /app
 
 COPY pyproject.toml README.md alembic.ini ./
+COPY core/ core/
 COPY app/ app/
 COPY worker/ worker/
 COPY migrations/ migrations/

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
 
-if TYPE_CHECKING:  # the worker's ML code imports app.spec and app.ml without pulling in Flask
-    from flask import Flask
-    from sqlalchemy.orm import Session, sessionmaker
-
-    from app.config import Settings
+from core.config import Settings, get_settings
+from core.logs import configure_logging
 
 __version__ = "0.1.0"
 
 
 def create_app(settings: Settings | None = None, *, session_factory: sessionmaker[Session] | None = None) -> Flask:
     """The API. Tests pass their own settings and a connection-bound sessionmaker."""
-    from flask import Flask
-
-    from app import auth, errors_http, extensions, middleware, ratelimit, web
-    from app.api import datasets, health, jobs, keys, metrics, models, openapi, sweeps
-    from app.config import get_settings
-    from app.logs import configure_logging
+    # Imported here, as in Flask's tutorial: `textclf` client verbs import this package without loading the
+    # views, onnxruntime and Celery.
+    from app import auth, errors_http, extensions, middleware, openapi, ratelimit, web
+    from app.api import datasets, health, jobs, keys, models, sweeps
 
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -40,6 +36,6 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
              expose_headers=["X-Request-ID", "Retry-After", "Location"], max_age=600)
     auth.init_app(app, settings)  # before the rate limiter: limits count per authenticated key
     ratelimit.init_app(app, settings)
-    for module in (health, metrics, datasets, jobs, sweeps, models, keys, openapi, web):
+    for module in (health, datasets, jobs, sweeps, models, keys, openapi, web):
         app.register_blueprint(module.bp)
     return app

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import OperationalError
 
-from app.config import Settings
-from app.db import api_keys
-from app.errors import ErrorCode, error_body
 from app.extensions import get_session, state
-from app.spec import Scope
+from core.config import Settings
+from core.db import api_keys
+from core.errors import ErrorCode, error_body
+from core.spec import Scope
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
-from app.db.models import Model
-from app.ml.tokenizer import MIN_TOKENS, PAD_ID
+from core.db.tables import Model
+from core.ml.tokenizer import MIN_TOKENS, PAD_ID
 
 # Bundles are built in memory up to this size, then in a temporary file.
 _SPOOL_BYTES = 32 * 1024 * 1024

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from app.errors import ErrorCode, ServiceError, error_body, validation_details
+from core.errors import ErrorCode, ServiceError, error_body, validation_details
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,10 @@ from flask import Flask, current_app, g
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.broker import make_celery, send_training_job
-from app.config import Settings
-from app.db.session import make_engine, make_sessionmaker
-from app.predictors import PredictorCache
-from app.serving import ModelDirectory
+from app.serving import ModelDirectory, PredictorCache
+from core.broker import make_celery, send_training_job
+from core.config import Settings
+from core.db.session import make_engine, make_sessionmaker
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import uuid
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import BadRequest, RequestHeaderFieldsTooLarge, RequestURITooLarge
 
-from app.logs import request_id_var
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from core.logs import request_id_var
 
 access_log = logging.getLogger("textclf.access")
 

@@ -1,23 +1,42 @@
-"""The OpenAPI 3.1 document, built from the same pydantic schemas the views validate with."""
+"""The OpenAPI 3.1 document (GET /openapi.json), built from the same pydantic schemas the views validate with."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+from flask import Blueprint
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from app import __version__
 from app.auth import is_public
-from app.spec import (ALIAS_PATTERN, AliasRead, AliasSet, ApiKeyCreate, ApiKeyCreated, ApiKeyRead, DatasetCreate,
-                      DatasetRead, EvaluationRead, JobRead, JobStatus, ModelRead, ModelUpdate, PredictRequest,
-                      PredictResponse, TrainingSpec)
-from app.sweeps import SweepCreate, SweepPromote, SweepPromoted, SweepRead
+from core.spec import (
+    ALIAS_PATTERN,
+    AliasRead,
+    AliasSet,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyRead,
+    DatasetCreate,
+    DatasetRead,
+    EvaluationRead,
+    JobRead,
+    JobStatus,
+    ModelRead,
+    ModelUpdate,
+    PredictRequest,
+    PredictResponse,
+    TrainingSpec,
+)
+from core.sweeps import SweepCreate, SweepPromote, SweepPromoted, SweepRead
 
 _MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, ModelUpdate,
                                   PredictRequest, PredictResponse, AliasSet, AliasRead, EvaluationRead, ApiKeyCreate,
                                   ApiKeyRead, ApiKeyCreated, SweepCreate, SweepRead, SweepPromote, SweepPromoted]
 REF = "#/components/schemas/{model}"
+
+bp = Blueprint("openapi", __name__)
 
 _ERROR = {
     "type": "object", "required": ["error"],
@@ -134,10 +153,11 @@ def build_openapi() -> dict[str, Any]:
         "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)", "responses": {
             "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/v1/datasets": {
-            "post": {"summary": "Upload a labelled dataset", "parameters": [_IDEMPOTENCY], "requestBody": {"required": True, "content": {
-                "multipart/form-data": {"schema": upload_schema},
-                "application/json": {"schema": _ref("DatasetCreate")},
-                "text/csv": {"schema": {"type": "string"}}}},
+            "post": {"summary": "Upload a labelled dataset", "parameters": [_IDEMPOTENCY],
+                     "requestBody": {"required": True, "content": {
+                         "multipart/form-data": {"schema": upload_schema},
+                         "application/json": {"schema": _ref("DatasetCreate")},
+                         "text/csv": {"schema": {"type": "string"}}}},
                 "responses": {"201": {"description": "Stored", **_json(_ref("DatasetRead"))},
                               **_errors(400, 413, 415, 422)}},
             "get": {"summary": "List datasets", "parameters": _PAGING,
@@ -151,7 +171,8 @@ def build_openapi() -> dict[str, Any]:
                                                                     **_errors(404, 409)}},
         },
         "/v1/jobs": {
-            "post": {"summary": "Start training", "parameters": [_IDEMPOTENCY], "requestBody": {"required": True, **_json(_ref("TrainingSpec"))},
+            "post": {"summary": "Start training", "parameters": [_IDEMPOTENCY],
+                     "requestBody": {"required": True, **_json(_ref("TrainingSpec"))},
                      "responses": {"202": {"description": "Queued", **_json(_ref("JobRead"))},
                                    **_errors(400, 415, 422, 503)}},
             "get": {"summary": "List jobs", "parameters": [*_PAGING, {"name": "status", "in": "query", "schema": {
@@ -252,3 +273,13 @@ def build_openapi() -> dict[str, Any]:
             "type": "http", "scheme": "bearer",
             "description": "An API key (`textclf keys create`); scopes: read, train, predict, admin."}}},
     }
+
+
+@functools.cache
+def _document() -> dict:
+    return build_openapi()
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return _document()

@@ -15,10 +15,10 @@ from flask_limiter import Limit, Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 
 from app import auth
-from app.config import Settings
-from app.errors import ErrorCode, error_body
 from app.extensions import state
-from app.spec import Scope
+from core.config import Settings
+from core.errors import ErrorCode, error_body
+from core.spec import Scope
 
 
 def bucket() -> str:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.broker import send_training_job
-from app.config import Settings
-from app.db import jobs, sweeps
+from core.broker import send_training_job
+from core.config import Settings
+from core.db import jobs
+from core.dispatch import dispatch_sweeps
 
 log = logging.getLogger(__name__)
 
@@ -66,31 +66,6 @@ def reap_once(*, sessionmaker: sessionmaker[Session], celery: Celery, settings: 
             log.warning("the broker may have lost its messages (restarted empty); sent %d queued jobs again",
                         len(queued))
     return len(requeued), len(failed)
-
-
-def dispatch_sweeps(*, sessionmaker: sessionmaker[Session], send: Callable[[uuid.UUID, int | None], None],
-                    sweep_ids: list[uuid.UUID] | None = None) -> int:
-    """Start the children that fit in their sweep's free slots: of `sweep_ids`, or of every sweep with children
-    waiting. Workers do this as each child ends; the reaper repeats it each pass, so a slot freed by a child that
-    was cancelled before it started, or a signal lost with a killed worker, only waits one pass. A child whose
-    message cannot be sent goes back to waiting. Returns how many were sent."""
-    sent = 0
-    if sweep_ids is None:
-        with sessionmaker() as session:
-            sweep_ids = sweeps.sweeps_waiting(session=session)
-    for sweep_id in sweep_ids:
-        with sessionmaker.begin() as session:
-            to_send = sweeps.dispatch(session=session, sweep_id=sweep_id)
-        for index, (job_id, max_runtime) in enumerate(to_send):
-            try:
-                send(job_id, max_runtime)
-            except Exception:
-                with sessionmaker.begin() as session:
-                    sweeps.unsend(session=session, job_ids=[j for j, _ in to_send[index:]])
-                raise
-            sent += 1
-            log.info("sweep %s: child job %s started", sweep_id, job_id)
-    return sent
 
 
 def _send(celery: Celery, settings: Settings, job_id: uuid.UUID, max_runtime: int | None) -> None:

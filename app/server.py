@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 
-from app.config import Settings
+from core.config import Settings
 
 # Headers must arrive within this long, or the connection is closed (slowloris).
 HEADER_READ_TIMEOUT_MS = 10_000

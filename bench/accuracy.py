@@ -10,7 +10,7 @@ Needs the `worker` and `bench` extras (`pip install -e '.[worker,bench]'`).
 For each dataset (splits as in bench/datasets.py: the official test set, or fold 0 of cv10_folds.csv for mr and
 sms_spam) and each preset:
 - ours: worker.ml.train.train() on the training set (it holds out its own validation share for picking the best
-  epoch), exported to ONNX and scored on the test set through app.ml.predictor.OnnxPredictor, the path the
+  epoch), exported to ONNX and scored on the test set through core.ml.predictor.OnnxPredictor, the path the
   service serves. Training time is the wall time around train(); export and prediction are timed apart.
 - fastText (FASTTEXT below) and TF-IDF + LogisticRegression (TFIDF, LOGREG below) on the same training and test
   sets, one fixed configuration for every dataset, trained once per dataset.
@@ -48,9 +48,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
-from app.ml.predictor import OnnxPredictor  # noqa: E402
-from app.spec import TrainingSpec  # noqa: E402
 from bench.datasets import DATASETS, DEFAULT_DATA_DIR, Split, load_split  # noqa: E402
+from core.ml.predictor import OnnxPredictor  # noqa: E402
+from core.spec import TrainingSpec  # noqa: E402
 from worker.ml import train as train_module  # noqa: E402
 from worker.ml.export import export_onnx  # noqa: E402
 from worker.ml.train import resolve_device, train  # noqa: E402
@@ -74,7 +74,7 @@ LOGREG = {"C": 10.0, "max_iter": 5000}
 # The files whose code this run uses, hashed at start: the working tree may differ from git_commit.
 SOURCE_SHA256 = {
     path: hashlib.sha256((ROOT / path).read_bytes()).hexdigest()[:16]
-    for path in ("app/spec.py", "app/ml/tokenizer.py", "app/ml/predictor.py", "worker/ml/model.py",
+    for path in ("core/spec.py", "core/ml/tokenizer.py", "core/ml/predictor.py", "worker/ml/model.py",
                  "worker/ml/train.py", "worker/ml/export.py")
     if (ROOT / path).exists()
 }
@@ -319,8 +319,9 @@ def table(rows: list[dict]) -> str:
 
 
 def environment(device: str) -> dict:
-    import fasttext  # noqa: F401 (version lookup below)
     from importlib.metadata import version
+
+    import fasttext  # noqa: F401 (version lookup below)
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
-import os
 import sys
 import tempfile
 import time

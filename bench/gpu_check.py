@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from app.ml.predictor import OnnxPredictor  # noqa: E402
-from app.spec import TrainingSpec  # noqa: E402
 from bench.datasets import read_csv  # noqa: E402
+from core.ml.predictor import OnnxPredictor  # noqa: E402
+from core.spec import TrainingSpec  # noqa: E402
 from worker.ml.export import check_parity, export_onnx  # noqa: E402
 from worker.ml.train import resolve_device, train  # noqa: E402
 
@@ -92,12 +92,12 @@ def check(name: str, data_dir: Path, device: str, extra: dict) -> dict:
 
 def check_job(name: str, data_dir: Path, device: str) -> dict:
     """One job through the worker's own path (worker.training.run_training) on a SQLite database."""
-    from app import ingest
-    from app.config import Settings
-    from app.db import jobs
-    from app.db.datasets import add_dataset
-    from app.db.session import make_engine, make_sessionmaker
-    from app.migrate import upgrade
+    from core import ingest
+    from core.config import Settings
+    from core.db import jobs
+    from core.db.datasets import add_dataset
+    from core.db.migrate import upgrade
+    from core.db.session import make_engine, make_sessionmaker
     from worker.training import run_training
 
     with tempfile.TemporaryDirectory() as tmp:

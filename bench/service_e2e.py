@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.datasets import read_csv  # noqa: E402
+
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets"
 
 

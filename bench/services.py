@@ -153,7 +153,7 @@ class Stack:
         import sys
 
         from app.cli import api_command, worker_command
-        from app.config import Settings
+        from core.config import Settings
 
         self.folder = folder
         self.port = free_port()

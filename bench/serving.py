@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -165,7 +164,7 @@ def load(url: str, connections: int, seconds: float, body: str | None, workdir: 
 
 def train_models(base: str, settings, train_csv: Path, spec: dict, count: int) -> list[str]:
     """Upload the data, queue `count` jobs through the API and train them here; their model ids."""
-    from app.db.session import make_engine, make_sessionmaker
+    from core.db.session import make_engine, make_sessionmaker
     from worker.training import run_training
 
     resp = requests.post(f"{base}/v1/datasets", files={"file": ("train.csv", train_csv.read_bytes())}, timeout=120)
@@ -191,7 +190,7 @@ def train_models(base: str, settings, train_csv: Path, spec: dict, count: int) -
 
 def in_process_texts_per_s(model_dir: Path, texts: list[str], seconds: float) -> float:
     """The same predictor code on the same batch in this process, all cores to one session."""
-    from app.ml.predictor import OnnxPredictor
+    from core.ml.predictor import OnnxPredictor
 
     predictor = OnnxPredictor(model_dir, intra_op_threads=len(os.sched_getaffinity(0)))
     predictor.warm_up()
@@ -231,7 +230,7 @@ mlflow.onnx.save_model(onnx.load(sys.argv[1]), sys.argv[2])
 
 def mlflow_row(python: str, model_dir: Path, text: str, seconds: float, workdir: Path) -> dict:
     """MLflow's scoring server on our ONNX file, single-text requests of token ids at 16 connections."""
-    from app.ml.predictor import OnnxPredictor
+    from core.ml.predictor import OnnxPredictor
 
     target = workdir / "mlflow-model"
     subprocess.run([python, "-c", MLFLOW_SAVE, str(model_dir / "model.onnx"), str(target)], check=True,
@@ -278,8 +277,8 @@ def main() -> None:
         args.duration, args.models = min(args.duration, 1.0), min(args.models, 3)
 
     from app.cli import api_command
-    from app.config import Settings
-    from app.migrate import upgrade
+    from core.config import Settings
+    from core.db.migrate import upgrade
 
     workdir = Path(tempfile.mkdtemp(prefix="textclf-bench-serving-"))
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")}

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -471,7 +471,7 @@ def main() -> None:
     parallel = runs[0]
     report = {
         "dataset": args.dataset, "quick": args.quick, "metric": METRIC, "cores": len(os.sched_getaffinity(0)),
-        "git_commit": git_commit(), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(), "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": runs,
     }
     if len(runs) == 2:

@@ -52,9 +52,9 @@ def run_case(case: dict, capped: bool) -> dict:
     """In this (fresh) process: train, export and check one case; the peak memory it added."""
     import torch
 
-    from app import ingest
-    from app.model_size import DataShape, estimate_training_bytes
-    from app.spec import TrainingSpec
+    from core import ingest
+    from core.limits import DataShape, estimate_training_bytes
+    from core.spec import TrainingSpec
     from worker.ml.export import check_parity, export_onnx
     from worker.ml.train import train
 

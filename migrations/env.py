@@ -6,10 +6,10 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from app.config import get_settings
-from app.db import models  # noqa: F401  (registers the tables on Base.metadata)
-from app.db.base import Base
-from app.db.session import make_engine
+from core.config import get_settings
+from core.db import tables  # noqa: F401  (registers the tables on Base.metadata)
+from core.db.base import Base
+from core.db.session import make_engine
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

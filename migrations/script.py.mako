@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 ${imports if imports else ""}
-import app.db.base
+import core.db.base
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.config import Settings
+from core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -39,7 +39,7 @@ def pg_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
     from sqlalchemy import create_engine, text
 
-    from app.migrate import upgrade
+    from core.db.migrate import upgrade
 
     name = f"textclf_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")

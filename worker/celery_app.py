@@ -7,16 +7,15 @@ import os
 import socket
 import threading
 
-from celery.signals import (after_setup_logger, after_setup_task_logger, worker_init, worker_process_init,
-                            worker_ready)
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init, worker_ready
 from sqlalchemy.exc import OperationalError
 
-from app.broker import make_celery
-from app.config import get_settings
-from app.db import jobs
-from app.db.session import make_engine, make_sessionmaker
-from app.logs import apply_format
-from app.worker_start import clear_start_failure, require_worker_dependencies
+from core.broker import make_celery
+from core.config import get_settings
+from core.db import jobs
+from core.db.session import make_engine, make_sessionmaker
+from core.logs import apply_format
+from core.worker_start import clear_start_failure, require_worker_dependencies
 
 settings = get_settings()
 # Before anything imports the training stack: without it, exit at once with what to install (not a traceback

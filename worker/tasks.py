@@ -6,9 +6,8 @@ import uuid
 
 from sqlalchemy.exc import OperationalError
 
-from app.broker import send_training_job
-from app.logs import job_id_var
-from app.tasks import TRAIN_TASK
+from core.broker import TRAIN_TASK, send_training_job
+from core.logs import job_id_var
 from worker.celery_app import SessionLocal, celery, settings
 from worker.training import run_training
 

@@ -19,16 +19,16 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import ingest
-from app.config import Settings
-from app.db import jobs, registry, sweeps
-from app.db.datasets import get_dataset, records_path
-from app.db.models import Model, Sweep
-from app.errors import ErrorCode
-from app.ml.predictor import OnnxPredictor
-from app.reaper import dispatch_sweeps
-from app.spec import JobStatus, TrainingSpec
-from app.sweeps import Pruning, prune_decision
+from core import ingest
+from core.config import Settings
+from core.db import jobs, registry, sweeps
+from core.db.datasets import get_dataset, records_path
+from core.db.tables import Model, Sweep
+from core.dispatch import start_next_children
+from core.errors import ErrorCode
+from core.ml.predictor import OnnxPredictor
+from core.spec import JobStatus, TrainingSpec
+from core.sweeps import Pruning, prune_decision
 from worker.ml.checkpoint import CheckpointStore, fingerprint
 from worker.ml.evaluation import evaluate
 
@@ -111,16 +111,12 @@ def _next_children(sm: sessionmaker[Session], sweep_id: uuid.UUID | None,
     """This child's slot is free: start the sweep's next waiting children. Best effort: the reaper repeats it."""
     if sweep_id is None or send is None:
         return
-    try:
-        dispatch_sweeps(sessionmaker=sm, send=send, sweep_ids=[sweep_id])
-    except Exception as exc:
-        log.warning("sweep %s: next children not started (%s); the reaper will start them", sweep_id,
-                    type(exc).__name__)
+    start_next_children(sessionmaker=sm, send=send, sweep_id=sweep_id)
 
 
 class SweepPruner:
     """Successive halving for one sweep child: after each milestone epoch, compare the child with its siblings
-    (app.sweeps.prune_decision) and, if it is clearly behind, ask training to stop."""
+    (core.sweeps.prune_decision) and, if it is clearly behind, ask training to stop."""
 
     def __init__(self, sm: sessionmaker[Session], job_id: uuid.UUID, sweep_id: uuid.UUID, metric: str,
                  pruning: Pruning, total_epochs: int) -> None:
@@ -324,8 +320,15 @@ def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: u
     torch.set_num_threads(settings.training_threads())
 
     from worker.ml.export import ParityError, check_parity, export_onnx
-    from worker.ml.train import (CudaUnavailable, SpecDataMismatch, TrainingCancelled, TrainingDiverged,
-                                 resolve_device, stratified_split, train)
+    from worker.ml.train import (
+        CudaUnavailable,
+        SpecDataMismatch,
+        TrainingCancelled,
+        TrainingDiverged,
+        resolve_device,
+        stratified_split,
+        train,
+    )
 
     # data
     texts, labels, test_texts, test_labels = _load_data(settings, spec)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from flask import current_app, request
 from pydantic import BaseModel
 
-from app.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -9,14 +9,14 @@ from flask import Blueprint, request
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
 
-from app import ingest
 from app.api import idempotency
 from app.api.common import json_body, page_args, parse, parse_uuid
-from app.db import datasets, jobs
-from app.db.models import Dataset
-from app.errors import ErrorCode, ServiceError, validation_details
 from app.extensions import get_session, state
-from app.spec import DatasetCreate, DatasetRead, Name
+from core import ingest
+from core.db import datasets, jobs
+from core.db.tables import Dataset
+from core.errors import ErrorCode, ServiceError, validation_details
+from core.spec import DatasetCreate, DatasetRead, Name
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def get_dataset(dataset_id: str):
 @bp.delete("/datasets/<dataset_id>")
 def delete_dataset(dataset_id: str):
     # Locked before the in-use check: a job being created on it either committed first (seen here: 409) or
-    # waits for this delete and then finds no dataset (app/db/datasets.py lock_dataset).
+    # waits for this delete and then finds no dataset (core/db/datasets.py lock_dataset).
     dataset = _dataset_or_404(dataset_id, lock=True)
     session = get_session()
     if jobs.dataset_in_use(session=session, dataset_id=dataset.id):

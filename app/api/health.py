@@ -1,15 +1,16 @@
-"""Liveness and readiness probes (used by compose healthchecks)."""
+"""What operators poll: liveness and readiness probes (compose healthchecks) and the Prometheus scrape."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Blueprint
+from flask import Blueprint, Response
 from sqlalchemy import text
 
-from app.db import jobs
+from app import metrics
 from app.extensions import get_session, state
-from app.worker_start import start_failure
+from core.db import jobs
+from core.worker_start import start_failure
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def healthz():
 def readyz():
     """The database and the broker are reachable and a training worker was seen recently (a heartbeat within
     WORKER_SEEN_WITHIN s). When not, `message` says what is wrong: for a missing worker, the reason one that could
-    not start left (app.worker_start), or what to check."""
+    not start left (core.worker_start), or what to check."""
     checks: dict[str, str] = {}
     messages: list[str] = []
     session = get_session()
@@ -61,3 +62,10 @@ def readyz():
     if messages:
         reply["message"] = "; ".join(messages)
     return reply, 200 if ready else 503
+
+
+@bp.get("/metrics")
+def scrape():
+    """Request counts and latencies per route, predictions per model, loaded models, jobs, training time."""
+    body, content_type = metrics.render(state().session_factory)
+    return Response(body, content_type=content_type)

@@ -12,8 +12,8 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import IdempotencyKey
-from app.errors import ErrorCode, ServiceError
+from core.db.tables import IdempotencyKey
+from core.errors import ErrorCode, ServiceError
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255

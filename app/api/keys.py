@@ -8,11 +8,11 @@ from flask import Blueprint
 
 from app.api.common import json_body, page_args, parse, parse_uuid
 from app.auth import key_cache
-from app.db import api_keys
-from app.db.models import ApiKey
-from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session
-from app.spec import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
+from core.db import api_keys
+from core.db.tables import ApiKey
+from core.errors import ErrorCode, ServiceError
+from core.spec import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 
 bp = Blueprint("keys", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 from flask import Blueprint, request, send_file
 
 from app import bundle, metrics
 from app.api.common import json_body, page_args, parse, parse_uuid
-from app.db import jobs, registry
-from app.db.models import Model, ModelAlias
-from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
-from app.ingest import SURROGATE
-from app.ml.predictor import OnnxPredictor, choose_providers
-from app.predictors import ModelUnavailable
-from app.serving import ServedModel
-from app.spec import ALIAS_PATTERN, AliasRead, AliasSet, ModelRead, ModelUpdate, PredictRequest
+from app.serving import ServedModel, loaded_predictor, move_alias
+from core.db import jobs, registry
+from core.db.tables import Model
+from core.errors import ErrorCode, ServiceError
+from core.ingest import SURROGATE
+from core.ml.predictor import choose_providers
+from core.spec import ALIAS_PATTERN, AliasRead, AliasSet, ModelRead, ModelUpdate, PredictRequest
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 
@@ -77,7 +75,7 @@ def _predict(served: ServedModel, alias: str | None = None):
     _refuse_texts([i for i, t in enumerate(body.texts) if SURROGATE.search(t)],
                   "Texts with an unpaired UTF-16 surrogate escape (\\ud800-\\udfff).", "unpaired surrogate",
                   "value_error")
-    predictor = _predictor(served)
+    predictor = loaded_predictor(state().predictors, served)
     # All texts of the request are tokenised together and scored in one onnxruntime call.
     predictions = predictor.predict(body.texts, top_k=body.top_k, abstain_threshold=served.abstain_threshold)
     version = str(served.version)
@@ -93,16 +91,6 @@ def _refuse_texts(indexes: list[int], message: str, msg: str, kind: str) -> None
     if indexes:
         raise ServiceError(ErrorCode.validation_error, message, 422,
                            [{"loc": ["texts", i], "msg": msg, "type": kind} for i in indexes[:10]])
-
-
-def _predictor(served: ServedModel) -> OnnxPredictor:
-    """The loaded (and warmed) predictor of a model, or a 409 when its artifacts are missing or cannot be loaded
-    on this server (PredictorCache logs why, once)."""
-    try:
-        return state().predictors.get(served.id)
-    except ModelUnavailable:
-        raise ServiceError(ErrorCode.model_not_ready, "The model's artifacts are missing or cannot be loaded on "
-                           "this server.", 409) from None
 
 
 @bp.post("/models/<model_id>/predict")
@@ -175,18 +163,8 @@ def set_alias(name: str):
     if registry.get_model(session=session, model_id=body.model_id) is None:
         raise ServiceError(ErrorCode.validation_error, f"No model with id {body.model_id}.", 422,
                            [{"loc": ["model_id"], "msg": "model not found", "type": "not_found"}])
-    return AliasRead.model_validate(move_alias(name, body.model_id)).model_dump(mode="json")
-
-
-def move_alias(name: str, model_id: uuid.UUID) -> ModelAlias:
-    """Point alias `name` at an existing model and commit. The model is loaded and warmed here before the alias
-    moves, so a model that cannot load is never served; the other API processes warm it up before they switch
-    (app/serving.py)."""
-    _predictor(state().directory.model(get_session, model_id))
-    alias = registry.set_alias(session=get_session(), name=name, model_id=model_id)
-    get_session().commit()
-    state().directory.forget(alias=name)
-    return alias
+    alias = move_alias(get_session, state().directory, name, body.model_id)
+    return AliasRead.model_validate(alias).model_dump(mode="json")
 
 
 @bp.delete("/aliases/<name>")

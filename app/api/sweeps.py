@@ -10,14 +10,14 @@ from sqlalchemy.exc import IntegrityError
 
 from app.api import idempotency
 from app.api.common import json_body, page_args, parse, parse_uuid
-from app.api.jobs import check_spec
-from app.api.models import move_alias
-from app.db import sweeps
-from app.db.models import Sweep
-from app.errors import ErrorCode, ServiceError
 from app.extensions import get_session, state
-from app.reaper import dispatch_sweeps
-from app.sweeps import SweepCreate, SweepError, SweepPromote, SweepPromoted, child_specs
+from app.serving import move_alias
+from core.db import sweeps
+from core.db.tables import Sweep
+from core.dispatch import start_next_children
+from core.errors import ErrorCode, ServiceError
+from core.limits import check_spec
+from core.sweeps import SweepCreate, SweepError, SweepPromote, SweepPromoted, child_specs
 
 bp = Blueprint("sweeps", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def create_sweep():
         return stored
     # Every child is checked against the data and the server's ceilings before anything is stored.
     for index, (_params, spec) in enumerate(children):
-        check_spec(session, spec, loc=("children", index))
+        check_spec(session, spec, state().settings, loc=("children", index))
     sweep = sweeps.create_sweep(session=session, request=body, children=children)
     reply = sweeps.sweep_json(sweep, session)
     location = f"/v1/sweeps/{sweep.id}"
@@ -66,10 +66,7 @@ def create_sweep():
         raise
     # The first max_parallel children go to the broker now; each one that ends sends the next. If the broker is
     # down nothing is lost: the children are stored, and the reaper sends them once it is back.
-    try:
-        dispatch_sweeps(sessionmaker=state().session_factory, send=state().send_job, sweep_ids=[sweep.id])
-    except Exception:
-        log.exception("sweep %s: could not send its first children; the reaper will", sweep.id)
+    start_next_children(sessionmaker=state().session_factory, send=state().send_job, sweep_id=sweep.id)
     log.info("sweep %s: %d children (%d distinct) on dataset %s", sweep.id, len(children),
              len({c["job_id"] for c in sweep.children}), body.dataset_id)
     return reply, 202, {"Location": location}
@@ -113,7 +110,7 @@ def promote(sweep_id: str):
     best = sweeps.sweep_json(sweep, get_session(), with_history=False)["best"]
     if best is None:
         raise ServiceError(ErrorCode.conflict, "No child of this sweep has succeeded yet; nothing to promote.", 409)
-    move_alias(body.alias, uuid.UUID(best["model_id"]))
+    move_alias(get_session, state().directory, body.alias, uuid.UUID(best["model_id"]))
     log.info("sweep %s: alias %s -> model %s (child %d)", sweep.id, body.alias, best["model_id"], best["index"])
     return SweepPromoted(alias=body.alias, model_id=best["model_id"], job_id=best["job_id"], child=best["index"],
                          metric=sweep.metric, value=best[sweep.metric]).model_dump(mode="json")

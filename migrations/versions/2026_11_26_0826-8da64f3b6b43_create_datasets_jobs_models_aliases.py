@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
-import app.db.base
+import core.db.base
 
 revision = '8da64f3b6b43'
 down_revision = None
@@ -27,7 +27,7 @@ def upgrade() -> None:
     sa.Column('labels', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.Column('warnings', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', app.db.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.db.base.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_datasets'))
     )
     with op.batch_alter_table('datasets', schema=None) as batch_op:
@@ -47,10 +47,10 @@ def upgrade() -> None:
     sa.Column('error_message', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('worker_id', sa.String(length=255), nullable=True),
-    sa.Column('created_at', app.db.base.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('started_at', app.db.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('finished_at', app.db.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('heartbeat_at', app.db.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', core.db.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('started_at', core.db.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', core.db.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('heartbeat_at', core.db.base.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_training_jobs_dataset_id_datasets'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_training_jobs'))
     )
@@ -67,7 +67,7 @@ def upgrade() -> None:
     sa.Column('spec', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('metrics', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('artifacts', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', app.db.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.db.base.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['training_jobs.id'], name=op.f('fk_models_job_id_training_jobs')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_models')),
     sa.UniqueConstraint('job_id', name=op.f('uq_models_job_id'))
@@ -78,7 +78,7 @@ def upgrade() -> None:
     op.create_table('model_aliases',
     sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('model_id', sa.Uuid(), nullable=False),
-    sa.Column('updated_at', app.db.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.db.base.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['model_id'], ['models.id'], name=op.f('fk_model_aliases_model_id_models'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_model_aliases'))
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
-import app.db.base
+import core.db.base
 
 revision = '2f67f205d2fc'
 down_revision = '8da64f3b6b43'

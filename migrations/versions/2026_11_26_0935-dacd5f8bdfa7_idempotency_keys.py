@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
-import app.db.base
+import core.db.base
 
 revision = 'dacd5f8bdfa7'
 down_revision = '2f67f205d2fc'
@@ -25,7 +25,7 @@ def upgrade() -> None:
     sa.Column('status_code', sa.Integer(), nullable=False),
     sa.Column('response', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('location', sa.String(length=255), nullable=True),
-    sa.Column('created_at', app.db.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.db.base.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('endpoint', 'key', name=op.f('pk_idempotency_keys'))
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import app.db.base
+import core.db.base
 
 revision = 'c4b11f5c1853'
 down_revision = 'dacd5f8bdfa7'
@@ -20,7 +20,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table('worker_heartbeats',
     sa.Column('worker_id', sa.String(length=255), nullable=False),
-    sa.Column('seen_at', app.db.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('seen_at', core.db.base.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('worker_id', name=op.f('pk_worker_heartbeats'))
     )
     with op.batch_alter_table('worker_heartbeats', schema=None) as batch_op:

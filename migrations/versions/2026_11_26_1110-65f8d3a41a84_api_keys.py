@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
-import app.db.base
+import core.db.base
 
 revision = '65f8d3a41a84'
 down_revision = '3677907d0e3a'
@@ -24,9 +24,9 @@ def upgrade() -> None:
     sa.Column('prefix', sa.String(length=32), nullable=False),
     sa.Column('key_hash', sa.String(length=64), nullable=False),
     sa.Column('scopes', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', app.db.base.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('last_used_at', app.db.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('revoked_at', app.db.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', core.db.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_used_at', core.db.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', core.db.base.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_api_keys')),
     sa.UniqueConstraint('key_hash', name=op.f('uq_api_keys_key_hash'))
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
-import app.db.base
+import core.db.base
 
 revision = '2574967a5b2a'
 down_revision = '65f8d3a41a84'
@@ -26,9 +26,9 @@ def upgrade() -> None:
     sa.Column('metric', sa.String(length=32), nullable=False),
     sa.Column('max_parallel', sa.Integer(), nullable=False),
     sa.Column('children', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', app.db.base.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('cancelled_at', app.db.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('dispatched_at', app.db.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', core.db.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('cancelled_at', core.db.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('dispatched_at', core.db.base.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_sweeps_dataset_id_datasets'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sweeps'))
     )
@@ -40,7 +40,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('spec_hash', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('sweep_id', sa.Uuid(), nullable=True))
         batch_op.add_column(sa.Column('sweep_index', sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column('sent_at', app.db.base.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('sent_at', core.db.base.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f('ix_training_jobs_spec_hash'), ['spec_hash'], unique=False)
         batch_op.create_index(batch_op.f('ix_training_jobs_sweep_id'), ['sweep_id'], unique=False)
         batch_op.create_foreign_key(batch_op.f('fk_training_jobs_sweep_id_sweeps'), 'sweeps', ['sweep_id'], ['id'], ondelete='SET NULL')

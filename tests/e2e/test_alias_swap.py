@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from app.cli import api_command
-from app.db.session import make_engine, make_sessionmaker
-from app.migrate import upgrade
+from core.db.migrate import upgrade
+from core.db.session import make_engine, make_sessionmaker
 from tests.conftest import Processes, child_env, free_port, make_settings, upload_tiny, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

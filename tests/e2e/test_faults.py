@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import (children, frozen, start_serve, upload_tiny, wait_for_log, wait_job, wait_running,
-                            worker_pid)
+from tests.conftest import children, frozen, start_serve, upload_tiny, wait_for_log, wait_job, wait_running, worker_pid
 from worker.ml.train import CANCEL_CHECK_EVERY_S
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -120,8 +119,7 @@ def test_a_job_past_its_time_limit_fails_cleanly(tmp_path: Path, processes):
 
 
 def test_the_same_task_message_delivered_three_times_trains_once(tmp_path: Path, processes):
-    from app.broker import make_celery
-    from app.tasks import TRAIN_TASK
+    from core.broker import TRAIN_TASK, make_celery
 
     base, _, settings = start_serve(tmp_path, processes)
     job = requests.post(f"{base}/v1/jobs", json={"dataset_id": upload_tiny(base), "epochs": 2}, timeout=10).json()

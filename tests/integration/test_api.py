@@ -19,10 +19,10 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app import create_app
-from app.config import Settings
-from app.db import jobs as jobs_db
-from app.db.session import make_engine, make_sessionmaker
-from app.migrate import upgrade
+from core.config import Settings
+from core.db import jobs as jobs_db
+from core.db.migrate import upgrade
+from core.db.session import make_engine, make_sessionmaker
 from tests.conftest import make_settings, tiny_dataset_csv
 
 pytestmark = pytest.mark.integration
@@ -479,7 +479,7 @@ def test_cancel_a_queued_job(any_api: Api):
     resp = any_api.post(f"/v1/jobs/{job['id']}/cancel")
     assert resp.status_code == 200 and resp.get_json()["status"] == "cancelled"
     assert any_api.post(f"/v1/jobs/{job['id']}/cancel").get_json()["status"] == "cancelled"  # idempotent
-    assert any_api.get(f"/v1/jobs?status=cancelled").get_json()["total"] >= 1
+    assert any_api.get("/v1/jobs?status=cancelled").get_json()["total"] >= 1
     assert_error(any_api.post(f"/v1/jobs/{uuid.uuid4()}/cancel"), 404, "not_found")
 
 

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 from app import create_app
 from app.cli import main
-from app.config import get_settings
-from app.db import api_keys
-from app.keys_cli import bootstrap_admin_key
+from app.cli.keys import bootstrap_admin_key
+from core.config import get_settings
+from core.db import api_keys
 from tests.conftest import make_settings
 from tests.integration.test_api import Api, assert_error, locs, running_api, sqlite_settings
 

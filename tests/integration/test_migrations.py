@@ -10,8 +10,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
-from app.db.base import Base
-from app.migrate import alembic_config, upgrade
+from core.db.base import Base
+from core.db.migrate import alembic_config, upgrade
 
 pytestmark = pytest.mark.integration
 

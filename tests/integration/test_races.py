@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import event, select
 from werkzeug.test import TestResponse
 
-from app.db import registry
-from app.db.models import Model, ModelAlias, TrainingJob
+from core.db import registry
+from core.db.tables import Model, ModelAlias, TrainingJob
 from tests.conftest import make_settings
 from tests.integration.test_api import Api, assert_error, locs, running_api, sqlite_settings
 

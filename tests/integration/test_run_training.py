@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from app import ingest
-from app.db import jobs
-from app.db.datasets import add_dataset
-from app.db.models import Model
-from app.db.session import make_engine, make_sessionmaker
-from app.spec import TrainingSpec
+from core import ingest
+from core.db import jobs
+from core.db.datasets import add_dataset
+from core.db.session import make_engine, make_sessionmaker
+from core.db.tables import Model
+from core.spec import TrainingSpec
 from tests.conftest import make_settings, tiny_dataset_csv
 from worker.training import run_training
 
@@ -183,9 +183,9 @@ def test_class_weights_that_do_not_fit_the_data_fail_with_a_stable_code(pg):
 def test_the_reaper_requeues_a_job_whose_worker_died_and_it_then_trains(pg):
     from datetime import timedelta
 
-    from app.broker import make_celery
-    from app.db.base import utcnow
     from app.reaper import reap_once
+    from core.broker import make_celery
+    from core.db.base import utcnow
 
     settings, sm = pg
     celery = make_celery(settings)  # the embedded filesystem broker: messages are files we can count
@@ -207,9 +207,9 @@ def test_the_reaper_requeues_a_job_whose_worker_died_and_it_then_trains(pg):
 def test_the_reaper_fails_a_job_that_keeps_losing_its_worker(pg):
     from datetime import timedelta
 
-    from app.broker import make_celery
-    from app.db.base import utcnow
     from app.reaper import reap_once
+    from core.broker import make_celery
+    from core.db.base import utcnow
 
     settings, sm = pg
     job_id = queue_job(settings, sm)
@@ -228,9 +228,9 @@ def test_a_worker_presumed_dead_cannot_write_over_the_attempt_that_replaced_it(p
     (progress, heartbeat, success) change nothing, so no second model is ever registered for the job."""
     from datetime import timedelta
 
-    from app.broker import make_celery
-    from app.db.base import utcnow
     from app.reaper import reap_once
+    from core.broker import make_celery
+    from core.db.base import utcnow
 
     settings, sm = pg
     job_id = queue_job(settings, sm)
@@ -254,7 +254,7 @@ def test_the_heartbeat_thread_keeps_a_long_step_alive_and_stops_with_the_job(pg)
     import time
     from datetime import timedelta
 
-    from app.db.base import utcnow
+    from core.db.base import utcnow
     from worker.training import JobHeartbeat
 
     settings, sm = pg
@@ -270,8 +270,8 @@ def test_the_heartbeat_thread_keeps_a_long_step_alive_and_stops_with_the_job(pg)
 
 def queue_sweep(settings, sm, *, grid: dict, **fields):
     """A sweep on the tiny dataset, stored the way POST /v1/sweeps stores it (children queued, none sent)."""
-    from app.db import sweeps
-    from app.sweeps import SweepCreate, child_specs
+    from core.db import sweeps
+    from core.sweeps import SweepCreate, child_specs
 
     parsed = ingest.parse_upload(tiny_dataset_csv(), filename="d.csv", content_type=None,
                                  limits=ingest.Limits(max_rows=1000, max_text_chars=1000, max_labels=10))

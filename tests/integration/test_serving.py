@@ -21,8 +21,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from app.bundle import USAGE
-from app.logs import ContextFilter, JsonFormatter
-from app.ml.predictor import choose_providers
+from core.logs import ContextFilter, JsonFormatter
+from core.ml.predictor import choose_providers
 from tests.integration.test_api import Api, assert_error, locs, running_api, sqlite_settings
 
 pytestmark = pytest.mark.integration

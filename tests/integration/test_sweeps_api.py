@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from app.db import jobs as jobs_db
-from app.reaper import dispatch_sweeps
-from app.spec import JobStatus
+from core.db import jobs as jobs_db
+from core.dispatch import dispatch_sweeps
+from core.spec import JobStatus
 from tests.conftest import make_settings
-from tests.integration.test_api import (HUGE_SPEC, LONG_TEXTS_CSV, Api, assert_error, running_api,
-                                        sqlite_settings)
+from tests.integration.test_api import HUGE_SPEC, LONG_TEXTS_CSV, Api, assert_error, running_api, sqlite_settings
 
 pytestmark = pytest.mark.integration
 
@@ -254,7 +253,7 @@ def test_the_reaper_sends_children_whose_message_could_not_be_sent(sweep_api):
         raise ConnectionError("broker unreachable")
 
     # A slot is free but the message cannot go out: the child goes back to waiting instead of holding the slot.
-    from app.db.sweeps import unsend
+    from core.db.sweeps import unsend
     with sessionmaker.begin() as session:
         unsend(session=session, job_ids=[uuid.UUID(ids[1])])  # as if its first send had failed
     with contextlib.suppress(ConnectionError):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from app.cli import worker_command
-from app.config import Settings
-from app.db import jobs as jobs_db
-from app.worker_start import EXIT_CANNOT_START
+from core.config import Settings
+from core.db import jobs as jobs_db
+from core.worker_start import EXIT_CANNOT_START
 from tests.conftest import ROOT, child_env
 from tests.integration.test_api import running_api, sqlite_settings
 

@@ -9,8 +9,8 @@ import pytest
 
 from app import create_app
 from app.auth import ROUTE_SCOPES, allows, is_public, required_scope
-from app.keys import generate_key, hash_key
-from app.spec import Scope
+from core.api_keys import generate_key, hash_key
+from core.spec import Scope
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.unit

@@ -1,7 +1,7 @@
 """The embedded broker keeps every file it writes under the data directory."""
 
-from app.broker import make_celery
-from app.config import Settings
+from core.broker import make_celery
+from core.config import Settings
 
 
 def test_the_filesystem_broker_writes_nothing_in_the_working_directory(tmp_path, monkeypatch):

@@ -120,7 +120,7 @@ def test_a_stop_signal_masked_by_a_library_error_still_stops_the_job_process(mon
     marked failed instead of being re-queued (seen in tests/e2e/test_outages.py). The exit must win."""
     import uuid
 
-    from app.spec import TrainingSpec
+    from core.spec import TrainingSpec
     from tests.conftest import make_settings
     from worker import training
 

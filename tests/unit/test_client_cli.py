@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from app.cli import main
-from app.client_cli import ApiError, Client, build_spec, jobs_table, partial_spec
-from app.sweep_cli import best_text, leaderboard_table, parse_grid, parse_milestones, parse_space, sweep_body
+from app.cli.client import ApiError, Client, build_spec, jobs_table, partial_spec
+from app.cli.sweeps import best_text, leaderboard_table, parse_grid, parse_milestones, parse_space, sweep_body
 
 pytestmark = pytest.mark.unit
 

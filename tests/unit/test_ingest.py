@@ -1,4 +1,4 @@
-"""app.ingest: every upload format, awkward-but-valid input, warnings, and a corpus of bad uploads."""
+"""core.ingest: every upload format, awkward-but-valid input, warnings, and a corpus of bad uploads."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import lzma
 
 import pytest
 
-from app.errors import ErrorCode, ServiceError
-from app.ingest import Limits, ParsedDataset, parse_records, parse_upload, read_records, write_records
+from core.errors import ErrorCode, ServiceError
+from core.ingest import Limits, ParsedDataset, parse_records, parse_upload, read_records, write_records
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from app.logs import ContextFilter, JsonFormatter, job_id_var, request_id_var
+from core.logs import ContextFilter, JsonFormatter, job_id_var, request_id_var
 
 pytestmark = pytest.mark.unit
 

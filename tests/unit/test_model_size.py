@@ -1,4 +1,4 @@
-"""The API's parameter estimate (app/model_size.py, no torch) equals the real torch models' count."""
+"""The API's parameter estimate (core/limits.py, no torch) equals the real torch models' count."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from app.ml.tokenizer import TextEncoder, fit_tokenizer
-from app.model_size import DataShape, estimate_params, estimate_training_bytes, spec_params
-from app.spec import ModelSpec, TokenizerSpec, TrainingSpec
+from core.limits import DataShape, estimate_params, estimate_training_bytes, spec_params
+from core.ml.tokenizer import TextEncoder, fit_tokenizer
+from core.spec import ModelSpec, TokenizerSpec, TrainingSpec
 from worker.ml.model import build_model
 
 pytestmark = pytest.mark.unit
@@ -49,7 +49,7 @@ def test_vocabulary_never_outgrows_the_spec_so_the_estimate_is_an_upper_bound(ki
 
 
 def test_default_and_fast_specs_are_far_below_the_default_ceiling():
-    from app.config import Settings
+    from core.config import Settings
 
     ceiling = Settings.model_fields["max_model_params"].default
     for preset in ("default", "fast"):
@@ -69,7 +69,7 @@ def memory(fields: dict, data: DataShape = LONG, num_classes: int = 4) -> int:
 
 
 def test_the_largest_spec_is_far_over_the_default_memory_ceiling_and_the_presets_far_under():
-    from app.config import Settings
+    from core.config import Settings
 
     ceiling = Settings.model_fields["training_memory_limit_mb"].default * MIB
     huge = {"batch_size": 4096, "tokenizer": {"max_length": 4096},

@@ -5,7 +5,7 @@ import jsonschema
 import pytest
 
 from app.openapi import REF, build_openapi
-from app.spec import TrainingSpec
+from core.spec import TrainingSpec
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +49,7 @@ def test_every_ref_resolves():
 
 
 def test_api_never_imports_torch():
-    code = ("import sys; import app; from app import create_app; import app.cli, app.api.models, app.predictors; "
+    code = ("import sys; import app; from app import create_app; import app.cli, app.api.models, app.serving; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr

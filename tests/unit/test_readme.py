@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
+from core.config import Settings
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_every_training_spec_field_is_in_the_spec_table():
-    from app.spec import ModelSpec, OptimizerSpec, SchedulerSpec, TokenizerSpec, TrainingSpec
+    from core.spec import ModelSpec, OptimizerSpec, SchedulerSpec, TokenizerSpec, TrainingSpec
 
     readme = (ROOT / "README.md").read_text()
     start = readme.index("### The training spec")

@@ -3,7 +3,7 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from app.spec import DEFAULT_LR, TrainingSpec
+from core.spec import DEFAULT_LR, TrainingSpec
 
 pytestmark = pytest.mark.unit
 
@@ -99,8 +99,8 @@ BAD_NAME_CHARACTERS = {
 
 
 def _named_bodies(name: str):
-    from app.spec import ApiKeyCreate, DatasetCreate
-    from app.sweeps import SweepCreate
+    from core.spec import ApiKeyCreate, DatasetCreate
+    from core.sweeps import SweepCreate
 
     dataset_id = str(uuid.uuid4())
     yield TrainingSpec, {"dataset_id": dataset_id, "name": name}

@@ -1,5 +1,5 @@
 """Sweeps' pure logic: expansion of grids and random searches, key checks, duplicates, successive halving and the
-leaderboard order (app/sweeps.py)."""
+leaderboard order (core/sweeps.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,20 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from app.spec import TrainingSpec
-from app.sweeps import (Pruning, SweepCreate, SweepError, child_row, child_specs, combinations, draw, prune_decision,
-                        rank, set_path, spec_hash)
+from core.spec import TrainingSpec
+from core.sweeps import (
+    Pruning,
+    SweepCreate,
+    SweepError,
+    child_row,
+    child_specs,
+    combinations,
+    draw,
+    prune_decision,
+    rank,
+    set_path,
+    spec_hash,
+)
 
 DATASET = str(uuid.uuid4())
 

@@ -12,10 +12,10 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from app.ml.tokenizer import TextEncoder, fit_tokenizer
-from app.spec import TfidfSpec, TokenizerSpec, TrainingSpec
-from worker.ml.model import BIGRAM_PRIME, Blend, TfidfLinear
 import worker.ml.tfidf as tfidf_mod
+from core.ml.tokenizer import TextEncoder, fit_tokenizer
+from core.spec import TfidfSpec, TokenizerSpec, TrainingSpec
+from worker.ml.model import BIGRAM_PRIME, Blend, TfidfLinear
 from worker.ml.tfidf import BIGRAM_MIN_DF, fit_logistic_regression, fit_tfidf, ngram_counts
 from worker.ml.train import train
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.ml.tokenizer import MIN_TOKENS, PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
-from app.spec import TokenizerSpec
+from core.ml.tokenizer import MIN_TOKENS, PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
+from core.spec import TokenizerSpec
 
 pytestmark = pytest.mark.unit
 
@@ -96,7 +96,7 @@ def test_save_load_round_trip(encoder, tmp_path: Path):
 
 
 def test_serving_modules_do_not_import_torch():
-    code = "import sys, app.ml.predictor, app.ml.tokenizer; print('torch' in sys.modules)"
+    code = "import sys, core.ml.predictor, core.ml.tokenizer; print('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -149,7 +149,7 @@ def test_saved_tokenizers_load_without_torch(tmp_path: Path, kind):
     loaded = TextEncoder.from_file(path, max_length=16)
     for a, b in zip(encoder.encode(batch), loaded.encode(batch)):
         np.testing.assert_array_equal(a, b)
-    code = ("import json, sys; from app.ml.tokenizer import TextEncoder; "
+    code = ("import json, sys; from core.ml.tokenizer import TextEncoder; "
             f"ids, _ = TextEncoder.from_file({str(path)!r}, 16).encode({batch!r}); "
             "print(json.dumps([ids.tolist(), 'torch' in sys.modules]))")
     root = Path(__file__).resolve().parents[2]

@@ -14,10 +14,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-import app.ml.predictor as predictor_mod
-from app.ml.predictor import OnnxPredictor, choose_providers
-from app.ml.tokenizer import PAD_ID, UNK_ID
-from app.spec import DEFAULT_LR, AugmentSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
+import core.ml.predictor as predictor_mod
+from core.ml.predictor import OnnxPredictor, choose_providers
+from core.ml.tokenizer import PAD_ID, UNK_ID
+from core.spec import DEFAULT_LR, AugmentSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
 from worker.ml import train as train_mod
 from worker.ml.export import ParityError, check_parity, export_onnx
 from worker.ml.model import build_model
@@ -228,7 +228,7 @@ def test_fasttext_learns_too():
 
 
 def test_history_matches_epoch_record_and_progress_reports_each_epoch(learned):
-    from app.spec import EpochRecord
+    from core.spec import EpochRecord
 
     result, progress, _, _ = learned
     for h in result.history:

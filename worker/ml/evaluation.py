@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support)
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
 # Equal-width confidence bins for the expected calibration error (Guo et al. 2017 use 15).
 ECE_BINS = 15

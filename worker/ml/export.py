@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from app.ml.tokenizer import PAD_ID, TextEncoder
+from core.ml.tokenizer import PAD_ID, TextEncoder
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.ml.tokenizer import PAD_ID
-from app.spec import ModelSpec
+from core.ml.tokenizer import PAD_ID
+from core.spec import ModelSpec
 
 # Multiplier for hashing a word bigram (a, b) to a bucket: a prime larger than any vocabulary (le=500_000),
 # so distinct pairs collide only through the final modulo. int64 holds 500_000 * 1_000_003 + 500_000 easily.

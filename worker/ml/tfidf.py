@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from app.spec import TfidfSpec
+from core.spec import TfidfSpec
 from worker.ml.model import TfidfLinear, _bigram_ids
 
 # L-BFGS iterations, scikit-learn's default (its own fit of these features converged in 86 on TREC, 50 on

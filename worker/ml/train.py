@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
+
 # torch's optimizers import torch._dynamo on first use (1.5 s). Imported here, that cost falls at import time,
 # which the Celery parent pays once for all jobs (worker/celery_app.py), not inside a job's train().
 import torch._dynamo  # noqa: F401
@@ -24,8 +25,8 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from app.ml.tokenizer import PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
-from app.spec import AugmentSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
+from core.ml.tokenizer import PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
+from core.spec import AugmentSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
 from worker.ml.checkpoint import CheckpointStore
 from worker.ml.model import Blend, build_model
 from worker.ml.tfidf import fit_tfidf

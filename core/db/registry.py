@@ -8,8 +8,8 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db.base import utcnow
-from app.db.models import Model, ModelAlias
+from core.db.base import utcnow
+from core.db.tables import Model, ModelAlias
 
 # The alias POST /v1/predict follows when it is set; otherwise the newest model serves.
 DEFAULT_ALIAS = "default"

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from app.config import Settings
+from core.config import Settings
 
 # What the worker imports before its first job (worker/celery_app.py preloads torch, onnxscript and the training
 # and export code, which import onnx and sklearn), and the distribution that provides each.

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db.base import utcnow
-from app.db.models import TrainingJob, WorkerHeartbeat
-from app.spec import JobStatus, TrainingSpec
-from app.sweeps import spec_hash
+from core.db.base import utcnow
+from core.db.tables import TrainingJob, WorkerHeartbeat
+from core.spec import JobStatus, TrainingSpec
+from core.sweeps import spec_hash
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
 

@@ -15,7 +15,6 @@ from uuid import UUID
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
-
 # Names are shown in tables, logs and the dashboard, and stored as text. Refused: control characters (Cc: C0, DEL
 # and C1; PostgreSQL cannot even store U+0000), line and paragraph separators (Zl, Zp), and invisible format
 # characters (Cf): bidi overrides, embeddings and isolates make "invoice\u202egpj.exe" display as
@@ -225,7 +224,7 @@ class AugmentSpec(_Strict):
         return self
 
 
-# Label names are stored text: the same bounds as a dataset's labels (app.ingest refuses longer ones at upload).
+# Label names are stored text: the same bounds as a dataset's labels (core.ingest refuses longer ones at upload).
 MAX_LABEL_CHARS = 200
 LabelName = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
 ClassWeight = Annotated[float, Field(gt=0.0, le=1_000.0)]

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
-from app.config import Settings, get_settings
-from app.spec import Scope
+from core.config import Settings, get_settings
+from core.spec import Scope
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -32,7 +32,7 @@ ADMIN_KEY_FILE = "admin.key"
 @contextlib.contextmanager
 def _session(settings: Settings) -> Iterator[Session]:
     """One transaction on DATABASE_URL (committed if the block succeeds); the engine is closed afterwards."""
-    from app.db.session import make_engine, make_sessionmaker
+    from core.db.session import make_engine, make_sessionmaker
 
     engine = make_engine(settings.database_url)
     try:
@@ -51,7 +51,7 @@ def _name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     """The same rule as POST /v1/keys: this command writes to the database directly."""
     from pydantic import TypeAdapter, ValidationError
 
-    from app.spec import Name
+    from core.spec import Name
 
     try:
         return TypeAdapter(Name).validate_python(value)
@@ -65,7 +65,7 @@ def _name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
               help="read, train, predict or admin; repeat for several.")
 def create(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key and print its secret on stdout (shown this once: only its hash is stored)."""
-    from app.db import api_keys
+    from core.db import api_keys
 
     with _session(get_settings()) as session:
         key, secret = api_keys.create_key(session=session, name=name, scopes=list(scopes))
@@ -77,7 +77,7 @@ def create(name: str, scopes: tuple[str, ...]) -> None:
 @keys.command("list")
 def list_() -> None:
     """List keys (prefix, scopes, last use); secrets are never shown."""
-    from app.db import api_keys
+    from core.db import api_keys
 
     with _session(get_settings()) as session:
         rows, _ = api_keys.list_keys(session=session)
@@ -96,7 +96,7 @@ def _when(moment: datetime | None) -> str:
 @click.argument("key_id", type=click.UUID)
 def revoke(key_id: uuid.UUID) -> None:
     """Revoke a key by id: requests with it get 401 from now on."""
-    from app.db import api_keys
+    from core.db import api_keys
 
     with _session(get_settings()) as session:
         key = api_keys.revoke_key(session=session, key_id=key_id)
@@ -108,7 +108,7 @@ def revoke(key_id: uuid.UUID) -> None:
 def bootstrap_admin_key(settings: Settings) -> Path | None:
     """First start with keys required and no key ever made: create an admin key, write it to DATA_DIR/admin.key
     (0600) and print it once. Returns the file's path, or None when keys already exist."""
-    from app.db import api_keys
+    from core.db import api_keys
 
     with _session(settings) as session:
         if api_keys.count_keys(session=session):

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Column, Table
 
-from app.client_cli import (
+from app.cli.client import (
     ENDED,
     Client,
     DefaultCommandGroup,

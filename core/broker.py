@@ -1,11 +1,16 @@
-"""The Celery application both sides share: the API sends with it, the worker consumes with it."""
+"""The Celery application both sides share: the API sends with it, the worker consumes with it.
+
+The API sends tasks by name, so it never imports worker/ (or torch).
+"""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from app.config import Settings
-from app.tasks import TRAIN_TASK, TRAINING_QUEUE
+from core.config import Settings
+
+TRAIN_TASK = "worker.train_model"
+TRAINING_QUEUE = "training"
 
 
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:

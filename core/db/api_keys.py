@@ -9,9 +9,9 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from app.db.base import utcnow
-from app.db.models import ApiKey
-from app.keys import generate_key, hash_key
+from core.api_keys import generate_key, hash_key
+from core.db.base import utcnow
+from core.db.tables import ApiKey
 
 # last_used_at is written at most this often per key: a write per request would serialise reads on SQLite.
 TOUCH_EVERY = timedelta(minutes=1)

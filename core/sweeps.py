@@ -3,7 +3,7 @@
 A sweep is a base spec plus either a grid (every combination of the listed values) or a random search
 (`samples` draws from ranges, log-uniform where asked). Each combination is a child: an ordinary training job.
 This module holds the request schema, the expansion into child specs, the successive-halving rule that stops
-children that fall clearly behind, and the leaderboard. app/db/sweeps.py stores and dispatches them.
+children that fall clearly behind, and the leaderboard. core/db/sweeps.py stores and dispatches them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from app.spec import ALIAS_PATTERN, EpochRecord, JobError, JobStatus, Name, TrainingSpec, _Strict
+from core.spec import ALIAS_PATTERN, EpochRecord, JobError, JobStatus, Name, TrainingSpec, _Strict
 
 SweepMetric = Literal["val_macro_f1", "val_accuracy", "val_loss"]
 # Spec fields a sweep may not vary: they say what the sweep is about, not how to train.

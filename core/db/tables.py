@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db.base import Base, JSONType, UTCDateTime, utcnow
-from app.spec import JobStatus
+from core.db.base import Base, JSONType, UTCDateTime, utcnow
+from core.spec import JobStatus
 
 
 class Dataset(Base):
@@ -52,7 +52,7 @@ class TrainingJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # What makes two jobs the same run (app.sweeps.spec_hash): a sweep reuses an identical succeeded job.
+    # What makes two jobs the same run (core.sweeps.spec_hash): a sweep reuses an identical succeeded job.
     spec_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     # A sweep's child: its sweep and place in it. Children are sent to the broker only as slots free up
     # (max_parallel); sent_at says which queued children already were.
@@ -68,7 +68,7 @@ class TrainingJob(Base):
 
 
 class Sweep(Base):
-    """Many jobs from one request (app/sweeps.py). Its status is derived from its children's, not stored."""
+    """Many jobs from one request (core/sweeps.py). Its status is derived from its children's, not stored."""
 
     __tablename__ = "sweeps"
 

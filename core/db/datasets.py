@@ -8,10 +8,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import ingest
-from app.config import Settings
-from app.db.models import Dataset
-from app.db.session import begin_write
+from core import ingest
+from core.config import Settings
+from core.db.session import begin_write
+from core.db.tables import Dataset
 
 
 def records_path(settings: Settings, dataset_id: uuid.UUID) -> Path:

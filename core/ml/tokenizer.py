@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from app.spec import TokenizerSpec
+from core.spec import TokenizerSpec
 
 PAD_ID = 0
 UNK_ID = 1

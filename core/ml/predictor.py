@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.ml.tokenizer import TextEncoder
+from core.ml.tokenizer import TextEncoder
 
 log = logging.getLogger(__name__)
 

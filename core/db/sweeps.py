@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db import jobs
-from app.db.base import utcnow
-from app.db.models import Sweep, TrainingJob
-from app.spec import JobStatus, TrainingSpec
-from app.sweeps import SweepCreate, SweepRead, child_row, rank, spec_hash
+from core.db import jobs
+from core.db.base import utcnow
+from core.db.tables import Sweep, TrainingJob
+from core.spec import JobStatus, TrainingSpec
+from core.sweeps import SweepCreate, SweepRead, child_row, rank, spec_hash
 
 # A job whose message a worker may be holding: it occupies one of its sweep's parallel slots.
 _IN_FLIGHT = or_(TrainingJob.status.in_((JobStatus.running, JobStatus.cancelling)),

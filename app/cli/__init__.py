@@ -12,28 +12,28 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from app import client_cli, sweep_cli
-from app.config import get_settings
-from app.keys_cli import bootstrap_admin_key, keys, warn_auth_off
-from app.worker_start import EXIT_CANNOT_START
+from app.cli import client, sweeps
+from app.cli.keys import bootstrap_admin_key, keys, warn_auth_off
+from core.config import get_settings
+from core.worker_start import EXIT_CANNOT_START
 
 console = Console(stderr=True)
 
 
 @click.group()
 @click.version_option(package_name="textclf")
-@client_cli.connection_options(top=True)
+@client.connection_options(top=True)
 @click.pass_context
 def main(ctx: click.Context, url: str, key: str | None) -> None:
     """textclf: train text classifiers on demand and serve them."""
-    client_verbs = {command.name for command in (*client_cli.COMMANDS, sweep_cli.sweep)}
+    client_verbs = {command.name for command in (*client.COMMANDS, sweeps.sweep)}
     given = [f"--{name}" for name in ("url", "key")
              if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
     if given and ctx.invoked_subcommand not in client_verbs:
         # `textclf --url URL keys create` would otherwise make the key in the local database, not on that server.
         raise click.UsageError(f"{'/'.join(given)} is for the client commands ({', '.join(sorted(client_verbs))}); "
                                f"`{ctx.invoked_subcommand}` works on this machine's settings (DATABASE_URL)")
-    ctx.obj = client_cli.Connection(url, key)
+    ctx.obj = client.Connection(url, key)
 
 
 main.add_command(keys)
@@ -42,7 +42,7 @@ main.add_command(keys)
 @main.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head)."""
-    from app.migrate import upgrade
+    from core.db.migrate import upgrade
 
     settings = get_settings()
     upgrade(settings.database_url)
@@ -86,10 +86,10 @@ def worker() -> None:
               help="Touched after every successful pass (for container healthchecks).")
 def reaper(interval: float | None, health_file: Path | None) -> None:
     """Re-queue training jobs whose worker stopped sending heartbeats (run one per deployment)."""
-    from app.broker import make_celery
-    from app.db.session import make_engine, make_sessionmaker
-    from app.logs import configure_logging
     from app.reaper import run_forever
+    from core.broker import make_celery
+    from core.db.session import make_engine, make_sessionmaker
+    from core.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -104,7 +104,7 @@ def reaper(interval: float | None, health_file: Path | None) -> None:
 def serve(host: str, port: int, no_worker: bool) -> None:
     """Run the whole service: migrations, the API under Granian, a training worker and the reaper of lost jobs,
     each restarted if it dies."""
-    from app.migrate import upgrade
+    from core.db.migrate import upgrade
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -190,9 +190,6 @@ class Supervisor:
 
 
 # The client verbs (datasets, train, jobs, sweep, models, alias, predict) talk to a running server over HTTP.
-for _command in [*client_cli.COMMANDS, sweep_cli.sweep]:
+for _command in [*client.COMMANDS, sweeps.sweep]:
     main.add_command(_command)
 
-
-if __name__ == "__main__":
-    main()

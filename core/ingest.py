@@ -18,8 +18,8 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from app.errors import ErrorCode, ServiceError
-from app.spec import MAX_LABEL_CHARS
+from core.errors import ErrorCode, ServiceError
+from core.spec import MAX_LABEL_CHARS
 
 MAX_COLUMNS = 1000
 RARE_LABEL_COUNT = 10  # fewer examples than this can barely be learned, let alone evaluated
@@ -443,4 +443,4 @@ def _canonical_lines(texts: Iterable[str], labels: Iterable[str]) -> Iterable[by
     """One JSON object per record; the bytes write_records stores and sha256 hashes."""
     # Byte for byte json.dumps({"text": ..., "label": ...}, ensure_ascii=False), four times faster.
     for text, label in zip(texts, labels, strict=True):
-        yield f'{{"text": {encode_basestring(text)}, "label": {encode_basestring(label)}}}\n'.encode("utf-8")
+        yield f'{{"text": {encode_basestring(text)}, "label": {encode_basestring(label)}}}\n'.encode()

@@ -10,7 +10,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # Seconds between the soft time limit (the job fails cleanly) and the hard one (the process is killed).
 HARD_LIMIT_GRACE_S = 60
 
