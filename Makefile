@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and make:
 #   make serve   - virtual environment, install, run the whole service on the embedded default
 #   make test    - the same plus the test tools, then the whole test suite
+#   make lint    - ruff over the whole tree (CI runs it before the tests)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -34,6 +35,9 @@ serve: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
 
 # Accuracy and speed against fastText (bigrams) and TF-IDF + logistic regression on ../shared/datasets.
 bench-accuracy: $(VENV)/.installed

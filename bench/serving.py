@@ -88,7 +88,8 @@ def _ms(value: str) -> float:
 
 def wrk(url: str, connections: int, seconds: float, body: str | None, workdir: Path) -> dict:
     """req/s, p50 and p99 (ms) and errors from one wrk run (POST with `body` when given)."""
-    cmd = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency"]
+    cmd = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+           "--latency"]
     if body is not None:
         (workdir / "body.json").write_text(body)
         script = workdir / "post.lua"
@@ -144,7 +145,8 @@ def python_load(url: str, connections: int, seconds: float, body: str | None, _w
         t.join()
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")  # noqa: E731
-    return {"rps": len(latencies) / seconds, "requests": len(latencies), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors[0]}
+    return {"rps": len(latencies) / seconds, "requests": len(latencies), "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+            "errors": errors[0]}
 
 
 GENERATOR = wrk if shutil.which("wrk") else python_load
@@ -354,8 +356,8 @@ def main() -> None:
 def print_table(report: dict) -> None:
     print(f"\nserving, {report['dataset']}, {report['workers']} Granian workers, {report['cores']} cores, "
           f"{report['load_generator']}, {report['duration_s']:g} s per run\n")
-    print("| connections | /healthz req/s | p50 ms | p99 ms | CPU ms/req | predict req/s | p50 ms | p99 ms | CPU ms/req "
-          "| predict / floor |")
+    print("| connections | /healthz req/s | p50 ms | p99 ms | CPU ms/req | predict req/s | p50 ms | p99 ms "
+          "| CPU ms/req | predict / floor |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in report["latency"]:
         h, p = row["healthz"], row["predict"]

@@ -30,13 +30,13 @@ def dispatch_sweeps(*, sessionmaker: sessionmaker[Session], send: Send,
             sweep_ids = sweeps.sweeps_waiting(session=session)
     for sweep_id in sweep_ids:
         with sessionmaker.begin() as session:
-            to_send = sweeps.dispatch(session=session, sweep_id=sweep_id)
+            to_send = sweeps.claim_free_slots(session=session, sweep_id=sweep_id)
         for index, (job_id, max_runtime) in enumerate(to_send):
             try:
                 send(job_id, max_runtime)
             except Exception:
                 with sessionmaker.begin() as session:
-                    sweeps.unsend(session=session, job_ids=[j for j, _ in to_send[index:]])
+                    sweeps.release_slots(session=session, job_ids=[j for j, _ in to_send[index:]])
                 raise
             sent += 1
             log.info("sweep %s: child job %s started", sweep_id, job_id)

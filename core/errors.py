@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -59,9 +60,18 @@ def error_body(code: ErrorCode | str, message: str, details: Any = None) -> dict
     return {"error": {"code": str(code), "message": message, "details": details}}
 
 
-def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
-    """pydantic errors without the submitted input (it may be huge) or doc URLs."""
-    return [
-        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-        for e in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
+def detail(loc: Sequence[str | int], msg: str, kind: str) -> dict[str, Any]:
+    """One entry of a 422's details, in pydantic's shape: where in the request (a path of keys and indexes), what
+    is wrong, and a stable kind a client can branch on."""
+    return {"loc": list(loc), "msg": msg, "type": kind}
+
+
+def prefixed(details: list[dict[str, Any]], *prefix: str | int) -> list[dict[str, Any]]:
+    """The same details located under `prefix` (a sweep child's, a field's)."""
+    return [{**d, "loc": [*prefix, *d["loc"]]} for d in details]
+
+
+def validation_details(exc: ValidationError, *prefix: str | int) -> list[dict[str, Any]]:
+    """pydantic errors without the submitted input (it may be huge) or doc URLs, located under `prefix`."""
+    return [detail([*prefix, *e["loc"]], e["msg"], e["type"])
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)]

@@ -19,7 +19,7 @@ from core import ingest
 from core.config import Settings
 from core.db import datasets
 from core.db.datasets import records_path
-from core.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError, detail, prefixed
 from core.spec import ModelSpec, TrainingSpec
 
 
@@ -175,20 +175,20 @@ def check_spec(session: Session, spec: TrainingSpec, settings: Settings, loc: tu
         found[field] = datasets.lock_dataset(session=session, dataset_id=dataset_id)
         if found[field] is None:
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
-                               [{"loc": [*loc, field], "msg": "dataset not found", "type": "not_found"}])
+                               [detail([*loc, field], "dataset not found", "not_found")])
     labels = found["dataset_id"].labels
     try:
         _check_label_keys(spec, labels)
         _check_ceilings(spec, num_classes=len(labels), settings=settings)
     except ServiceError as exc:
         if loc and isinstance(exc.details, list):
-            exc.details = [{**d, "loc": [*loc, *d["loc"]]} for d in exc.details]
+            exc.details = prefixed(exc.details, *loc)
         raise
 
 
 def _over_ceiling(field: str, message: str, ceiling: int) -> ServiceError:
     return ServiceError(ErrorCode.validation_error, message, 422,
-                        [{"loc": [field], "msg": f"must be <= {ceiling}", "type": "less_than_equal"}])
+                        [detail([field], f"must be <= {ceiling}", "less_than_equal")])
 
 
 def _check_ceilings(spec: TrainingSpec, *, num_classes: int, settings: Settings) -> None:
@@ -207,8 +207,7 @@ def _check_ceilings(spec: TrainingSpec, *, num_classes: int, settings: Settings)
             f"This model would have up to {params:,} parameters; this server allows {settings.max_model_params:,} "
             "(MAX_MODEL_PARAMS). Lower tokenizer.vocab_size, model.embedding_dim, model.ngram_buckets or the "
             "model's width.", 422,
-            [{"loc": ["model"], "msg": f"{params} parameters > {settings.max_model_params}",
-              "type": "less_than_equal"}])
+            [detail(["model"], f"{params} parameters > {settings.max_model_params}", "less_than_equal")])
     _check_training_memory(spec, num_classes=num_classes, settings=settings)
 
 
@@ -240,8 +239,8 @@ def _check_training_memory(spec: TrainingSpec, *, num_classes: int, settings: Se
         ErrorCode.validation_error,
         f"Training this spec would take about {total_mb:,} MiB ({breakdown}); this server allows {limit:,} MiB "
         f"(TRAINING_MEMORY_LIMIT_MB). Most of it is {biggest}: lower {', '.join(fields)}.", 422,
-        [{"loc": f.split("."), "msg": f"estimated training memory {total_mb} MiB > {limit} MiB",
-          "type": "less_than_equal"} for f in fields])
+        [detail(f.split("."), f"estimated training memory {total_mb} MiB > {limit} MiB", "less_than_equal")
+         for f in fields])
 
 
 @functools.lru_cache(maxsize=64)
@@ -260,5 +259,5 @@ def _check_label_keys(spec: TrainingSpec, dataset_labels: dict[str, int]) -> Non
         if unknown:
             raise ServiceError(ErrorCode.validation_error,
                                f"{field} names labels the dataset lacks: {unknown[:10]}", 422,
-                               [{"loc": [field, label], "msg": "label not in dataset", "type": "not_found"}
+                               [detail([field, label], "label not in dataset", "not_found")
                                 for label in unknown[:10]])

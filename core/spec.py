@@ -360,7 +360,9 @@ class JobStatus(StrEnum):
     pruned = "pruned"  # stopped by its sweep's successive halving (error.message says when and why)
 
 
+# A job in one of these never changes again; the others are still in flight.
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.pruned})
+ACTIVE_STATUSES = tuple(s for s in JobStatus if s not in TERMINAL_STATUSES)
 
 
 class _Read(BaseModel):

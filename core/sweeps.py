@@ -20,6 +20,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from core.errors import detail, validation_details
 from core.spec import ALIAS_PATTERN, EpochRecord, JobError, JobStatus, Name, TrainingSpec, _Strict
 
 SweepMetric = Literal["val_macro_f1", "val_accuracy", "val_loss"]
@@ -140,9 +141,9 @@ def check_keys(keys: Iterable[str], where: str) -> None:
     for key in keys:
         path = key.split(".")
         if path[0] in FIXED_FIELDS:
-            bad.append({"loc": [where, key], "msg": f"{path[0]} is fixed for a whole sweep", "type": "fixed_field"})
+            bad.append(detail([where, key], f"{path[0]} is fixed for a whole sweep", "fixed_field"))
         elif not _fields_of(TrainingSpec, path):
-            bad.append({"loc": [where, key], "msg": "not a field of the training spec", "type": "unknown_field"})
+            bad.append(detail([where, key], "not a field of the training spec", "unknown_field"))
     if bad:
         raise SweepError(f"{where} names fields a sweep cannot vary: {[d['loc'][1] for d in bad]}", bad)
 
@@ -199,8 +200,7 @@ def child_specs(request: SweepCreate) -> list[tuple[dict[str, Any], TrainingSpec
     try:
         TrainingSpec.model_validate({**request.base, "dataset_id": str(request.dataset_id)})
     except ValidationError as exc:
-        raise SweepError("base is not a valid training spec.", [
-            {"loc": ["base", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]) from None
+        raise SweepError("base is not a valid training spec.", validation_details(exc, "base")) from None
     out = []
     for index, params in enumerate(combinations(request)):
         spec = json.loads(json.dumps(request.base))  # a deep copy of plain JSON
@@ -212,9 +212,8 @@ def child_specs(request: SweepCreate) -> list[tuple[dict[str, Any], TrainingSpec
         try:
             out.append((params, TrainingSpec.model_validate(spec)))
         except ValidationError as exc:
-            raise SweepError(f"Child {index} ({_describe(params)}) is not a valid training spec.", [
-                {"loc": ["children", index, *err["loc"]], "msg": err["msg"], "type": err["type"]}
-                for err in exc.errors()]) from None
+            raise SweepError(f"Child {index} ({_describe(params)}) is not a valid training spec.",
+                             validation_details(exc, "children", index)) from None
     return out
 
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from flask import current_app, request
 from pydantic import BaseModel
 
-from core.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError, detail
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -38,7 +38,7 @@ def parse(model: type[M], data: Any) -> M:
     """Validate `data` against `model`; pydantic's ValidationError becomes a 422 upstream."""
     if not isinstance(data, dict):
         raise ServiceError(ErrorCode.validation_error, "The request body must be a JSON object.", 422,
-                           [{"loc": [], "msg": "Input should be an object", "type": "dict_type"}])
+                           [detail([], "Input should be an object", "dict_type")])
     return model.model_validate(data)
 
 
@@ -53,8 +53,7 @@ def page_args(max_limit: int = 200) -> tuple[int, int]:
         except ValueError:
             value = None
         if value is None or not low <= value <= high:
-            details.append({"loc": ["query", name], "msg": f"must be an integer from {low} to {high}",
-                            "type": "value_error"})
+            details.append(detail(["query", name], f"must be an integer from {low} to {high}", "value_error"))
         values[name] = value
     if details:
         raise ServiceError(ErrorCode.validation_error, "Query parameters are invalid.", 422, details)

@@ -67,7 +67,7 @@ def create_dataset():
     try:
         _NAME.validate_python(name)
     except ValidationError as exc:
-        details = [{**d, "loc": ["name", *d["loc"]]} for d in validation_details(exc)]
+        details = validation_details(exc, "name")
         raise ServiceError(ErrorCode.validation_error, f"name: {details[0]['msg']}.", 422, details) from None
     request_hash = idempotency.fingerprint({"name": name, "sha256": parsed.sha256, "format": parsed.format})
     session = get_session()

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db.tables import IdempotencyKey
-from core.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError, detail
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -51,7 +51,7 @@ def replay(session: Session, endpoint: str, key: str | None, request_hash: str):
     if row.request_hash != request_hash:
         raise ServiceError(ErrorCode.validation_error,
                            f"This {HEADER} was already used with a different request body.", 422,
-                           [{"loc": ["header", HEADER], "msg": "key reused with another body", "type": "conflict"}])
+                           [detail(["header", HEADER], "key reused with another body", "conflict")])
     headers = {"Location": row.location} if row.location else {}
     return row.response, row.status_code, {**headers, "Idempotent-Replayed": "true"}
 

@@ -13,7 +13,7 @@ from app.extensions import get_session, state
 from core.db import jobs
 from core.db.tables import TrainingJob
 from core.dispatch import start_next_children
-from core.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError, detail
 from core.limits import check_spec
 from core.spec import JobRead, JobStatus, TrainingSpec
 
@@ -64,8 +64,7 @@ def list_jobs():
     status = request.args.get("status")
     if status is not None and status not in JobStatus.__members__:
         raise ServiceError(ErrorCode.validation_error, "Unknown status filter.", 422,
-                           [{"loc": ["query", "status"], "msg": f"must be one of {', '.join(JobStatus)}",
-                             "type": "enum"}])
+                           [detail(["query", "status"], f"must be one of {', '.join(JobStatus)}", "enum")])
     rows, total = jobs.list_jobs(session=get_session(), status=status, limit=limit, offset=offset)
     return {"items": [job_json(j) for j in rows], "total": total, "limit": limit, "offset": offset}
 

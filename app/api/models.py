@@ -12,7 +12,7 @@ from app.extensions import get_session, state
 from app.serving import ServedModel, loaded_predictor, move_alias
 from core.db import jobs, registry
 from core.db.tables import Model
-from core.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError, detail
 from core.ingest import SURROGATE
 from core.ml.predictor import choose_providers
 from core.spec import ALIAS_PATTERN, AliasRead, AliasSet, ModelRead, ModelUpdate, PredictRequest
@@ -67,7 +67,7 @@ def _predict(served: ServedModel, alias: str | None = None):
     if len(body.texts) > settings.max_predict_texts:
         raise ServiceError(ErrorCode.validation_error,
                            f"At most {settings.max_predict_texts} texts per request (MAX_PREDICT_TEXTS).", 422,
-                           [{"loc": ["texts"], "msg": "too many texts", "type": "too_long"}])
+                           [detail(["texts"], "too many texts", "too_long")])
     _refuse_texts([i for i, t in enumerate(body.texts) if len(t) > settings.max_text_chars],
                   f"Texts longer than {settings.max_text_chars} characters (MAX_TEXT_CHARS).", "text too long",
                   "too_long")
@@ -90,7 +90,7 @@ def _refuse_texts(indexes: list[int], message: str, msg: str, kind: str) -> None
     """A 422 naming the first texts (by index) that fail one check, if any do."""
     if indexes:
         raise ServiceError(ErrorCode.validation_error, message, 422,
-                           [{"loc": ["texts", i], "msg": msg, "type": kind} for i in indexes[:10]])
+                           [detail(["texts", i], msg, kind) for i in indexes[:10]])
 
 
 @bp.post("/models/<model_id>/predict")
@@ -121,8 +121,9 @@ def update_model(model_id: str):
     unknown = sorted(set(threshold) - set(model.labels)) if isinstance(threshold, dict) else []
     if unknown:
         raise ServiceError(ErrorCode.validation_error, f"abstain_threshold names labels the model lacks: "
-                           f"{unknown[:10]}", 422, [{"loc": ["abstain_threshold", label], "msg": "label not in model",
-                                                     "type": "not_found"} for label in unknown[:10]])
+                           f"{unknown[:10]}", 422,
+                           [detail(["abstain_threshold", label], "label not in model", "not_found")
+                            for label in unknown[:10]])
     model.abstain_threshold = threshold
     get_session().commit()
     # This process sees the change at once; the others within MODEL_REFRESH_SECONDS.
@@ -152,7 +153,7 @@ def list_aliases():
 def _check_alias_name(name: str) -> None:
     if not re.match(ALIAS_PATTERN, name):
         raise ServiceError(ErrorCode.validation_error, "Alias names are 1-64 letters, digits, '_', '.' or '-'.", 422,
-                           [{"loc": ["path", "name"], "msg": "invalid alias name", "type": "pattern"}])
+                           [detail(["path", "name"], "invalid alias name", "pattern")])
 
 
 @bp.put("/aliases/<name>")
@@ -162,7 +163,7 @@ def set_alias(name: str):
     session = get_session()
     if registry.get_model(session=session, model_id=body.model_id) is None:
         raise ServiceError(ErrorCode.validation_error, f"No model with id {body.model_id}.", 422,
-                           [{"loc": ["model_id"], "msg": "model not found", "type": "not_found"}])
+                           [detail(["model_id"], "model not found", "not_found")])
     alias = move_alias(get_session, state().directory, name, body.model_id)
     return AliasRead.model_validate(alias).model_dump(mode="json")
 

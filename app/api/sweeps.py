@@ -15,8 +15,9 @@ from app.serving import move_alias
 from core.db import sweeps
 from core.db.tables import Sweep
 from core.dispatch import start_next_children
-from core.errors import ErrorCode, ServiceError
+from core.errors import ErrorCode, ServiceError, detail
 from core.limits import check_spec
+from core.spec import TERMINAL_STATUSES
 from core.sweeps import SweepCreate, SweepError, SweepPromote, SweepPromoted, child_specs
 
 bp = Blueprint("sweeps", __name__, url_prefix="/v1")
@@ -40,8 +41,8 @@ def create_sweep():
         raise ServiceError(ErrorCode.validation_error,
                            f"This sweep has {body.size()} children; this server allows {settings.max_sweep_children} "
                            "(MAX_SWEEP_CHILDREN).", 422,
-                           [{"loc": [where], "msg": f"{body.size()} children > {settings.max_sweep_children}",
-                             "type": "less_than_equal"}])
+                           [detail([where], f"{body.size()} children > {settings.max_sweep_children}",
+                                   "less_than_equal")])
     try:
         children = child_specs(body)
     except SweepError as exc:
@@ -93,7 +94,7 @@ def cancel_sweep(sweep_id: str):
     sweep = _get(sweep_id)
     session = get_session()
     status = sweeps.sweep_json(sweep, session, with_history=False)["status"]
-    if status in ("succeeded", "failed", "cancelled"):
+    if status in TERMINAL_STATUSES:
         raise ServiceError(ErrorCode.conflict, f"Sweep {sweep_id} already ended ({status}); nothing to cancel.", 409,
                            {"status": status})
     sweeps.cancel_sweep(session=session, sweep_id=sweep.id)

@@ -26,8 +26,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Column, Table
 
+from core.spec import TERMINAL_STATUSES
+
 DEFAULT_URL = "http://127.0.0.1:8000"
-ENDED = ("succeeded", "failed", "cancelled", "pruned")  # job statuses that never change again
+ENDED = TERMINAL_STATUSES  # job (and sweep) statuses that never change again
 out = Console()  # tables and results: stdout
 err = Console(stderr=True)  # progress and messages: stderr, so `--json` output can be piped
 

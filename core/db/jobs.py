@@ -11,10 +11,8 @@ from sqlalchemy.orm import Session
 
 from core.db.base import utcnow
 from core.db.tables import TrainingJob, WorkerHeartbeat
-from core.spec import JobStatus, TrainingSpec
+from core.spec import ACTIVE_STATUSES, JobStatus, TrainingSpec
 from core.sweeps import spec_hash
-
-ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
 
 
 def create_job(*, session: Session, spec: TrainingSpec) -> TrainingJob:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from core.db import jobs
 from core.db.base import utcnow
 from core.db.tables import Sweep, TrainingJob
-from core.spec import JobStatus, TrainingSpec
+from core.spec import ACTIVE_STATUSES, JobStatus, TrainingSpec
 from core.sweeps import SweepCreate, SweepRead, child_row, rank, spec_hash
 
 # A job whose message a worker may be holding: it occupies one of its sweep's parallel slots.
@@ -68,7 +68,7 @@ def list_sweeps(*, session: Session, limit: int, offset: int) -> tuple[list[Swee
     return list(rows), total
 
 
-def dispatch(*, session: Session, sweep_id: uuid.UUID) -> list[Send]:
+def claim_free_slots(*, session: Session, sweep_id: uuid.UUID) -> list[Send]:
     """Mark as sent as many of the sweep's unsent queued children as its free slots allow, oldest first, and
     return them for the caller to send once committed. Safe to call from anywhere at any time (the API after
     creating, a worker after each child ends, the reaper as a backstop): the sweep row's lock makes concurrent
@@ -96,8 +96,8 @@ def dispatch(*, session: Session, sweep_id: uuid.UUID) -> list[Send]:
     return [(job_id, spec.get("max_runtime_seconds")) for job_id, spec in waiting]
 
 
-def unsend(*, session: Session, job_ids: list[uuid.UUID]) -> None:
-    """Children whose message could not be sent go back to waiting, so a later dispatch sends them."""
+def release_slots(*, session: Session, job_ids: list[uuid.UUID]) -> None:
+    """Children whose message could not be sent go back to waiting, so a later claim sends them."""
     session.execute(update(TrainingJob).where(TrainingJob.id.in_(job_ids), TrainingJob.status == JobStatus.queued)
                     .values(sent_at=None).execution_options(synchronize_session=False))
 
@@ -116,7 +116,7 @@ def cancel_sweep(*, session: Session, sweep_id: uuid.UUID) -> None:
     session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None))
                     .values(cancelled_at=utcnow()).execution_options(synchronize_session=False))
     active = session.scalars(select(TrainingJob.id).where(TrainingJob.sweep_id == sweep_id,
-                                                          TrainingJob.status.in_(jobs.ACTIVE_STATUSES)))
+                                                          TrainingJob.status.in_(ACTIVE_STATUSES)))
     for job_id in list(active):
         jobs.request_cancel(session=session, job_id=job_id)
     session.flush()

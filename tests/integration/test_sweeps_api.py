@@ -253,9 +253,9 @@ def test_the_reaper_sends_children_whose_message_could_not_be_sent(sweep_api):
         raise ConnectionError("broker unreachable")
 
     # A slot is free but the message cannot go out: the child goes back to waiting instead of holding the slot.
-    from core.db.sweeps import unsend
+    from core.db.sweeps import release_slots
     with sessionmaker.begin() as session:
-        unsend(session=session, job_ids=[uuid.UUID(ids[1])])  # as if its first send had failed
+        release_slots(session=session, job_ids=[uuid.UUID(ids[1])])  # as if its first send had failed
     with contextlib.suppress(ConnectionError):
         dispatch_sweeps(sessionmaker=sessionmaker, send=broker_down, sweep_ids=None)
     sent = []
