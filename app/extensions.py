@@ -35,7 +35,7 @@ class State:
 
     @cached_property
     def predictors(self) -> PredictorCache:
-        # Created lazily, so sessions are made in each gunicorn worker after the fork.
+        # Created lazily, so sessions are made in each API worker process after the fork.
         return PredictorCache(self.settings)
 
     @cached_property
@@ -69,7 +69,7 @@ def _close_session(_exc: BaseException | None) -> None:
         session.close()
     except DBAPIError:
         # The rollback that closing does runs after the response is made; on a connection a database restart
-        # just cut it fails, and raising here would turn a finished reply into gunicorn's bare HTML 500.
+        # just cut it fails, and raising here would turn a finished reply into a bare 500 from the server.
         # Dropping the connection is all that is left to do: the pool opens a fresh one for the next request.
         log.warning("database connection lost while closing a session; discarding it")
         session.invalidate()

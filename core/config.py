@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         description="onnxruntime threads per session; 0 means cores / API workers.",
     )
     api_workers: int = Field(2, ge=1, validation_alias="API_WORKERS",
-                             description="gunicorn workers started by `textclf serve`.")
+                             description="API worker processes (Granian) started by `textclf serve` and `textclf api`.")
     model_refresh_seconds: float = Field(
         1.0, ge=0.0, le=3600, validation_alias="MODEL_REFRESH_SECONDS",
         description="How long an API process trusts what it read about an alias or a model (target, abstain "
@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         description="text: one readable line per record; json: one JSON object per line with request and job ids.")
     metrics_dir: Path | None = Field(
         None, validation_alias="PROMETHEUS_MULTIPROC_DIR",
-        description="Where gunicorn's API processes share Prometheus counters; default DATA_DIR/prometheus. "
+        description="Where the API's worker processes share Prometheus counters; default DATA_DIR/prometheus. "
                     "Emptied when the API starts.")
 
     @field_validator("rate_limit_default", "rate_limit_predict", "rate_limit_train")

@@ -94,10 +94,7 @@ class ModelSpec(_Strict):
         False, description="textcnn, bigru: add a linear branch over the text's words and hashed word bigrams to the "
                            "network's logits (wide & deep: what TF-IDF + logistic regression learns, beside it).")
 
-    # On by default: against the network alone it lifted test accuracy on five of our six datasets (seed 0,
-    # bench/accuracy.py, 2026-12-02): TREC 90.2 -> 91.6, SST-2 80.3 -> 81.7, MR 75.2 -> 77.1, BANKING77 89.8 ->
-    # 91.5, SST-2 GLUE 81.1 -> 84.3; SMS 98.9 -> 98.6 (one message). Each model is right where the other is not:
-    # the network on word order and paraphrase, the linear model on rare but decisive words and phrases.
+    # On by default: the blend beats the network alone, each model right where the other is not (bench/README.md).
     tfidf: TfidfSpec | None = Field(
         default_factory=TfidfSpec,
         description="Blend the network with a TF-IDF (words + hashed word bigrams) logistic regression, fit by "
@@ -116,8 +113,7 @@ class ModelSpec(_Strict):
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "adadelta"]
 
 # Learning rates that work out of the box for each method on these models (Adadelta's 1.0 is Zeiler's). Adam's
-# 2e-3 beat 1e-3 on the mean test accuracy of trec/sst2/mr/sms_spam/banking77 (0.870 vs 0.863, with batch 32 and
-# 8 epochs; bench sweep of 2026-11-26).
+# 2e-3 beat 1e-3 on our datasets' mean test accuracy (bench/README.md).
 DEFAULT_LR: dict[str, float] = {
     "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 2e-3, "adamw": 1e-3,
     "rmsprop": 1e-3, "adagrad": 0.05, "adadelta": 1.0,
@@ -125,8 +121,7 @@ DEFAULT_LR: dict[str, float] = {
 
 
 # Weight decay when a spec names a method without one: AdamW's decoupled decay is what the method is for
-# (torch's own default is 0.01); 0.05 at lr 1e-3 is the default spec. Over 3 seeds on our 2-core CPU (2026-12-01,
-# test accuracy, 8 epochs) it scored TREC 90.7 / SST-2 80.8 / MR 76.0 against Adam 2e-3's 90.8 / 80.3 / 75.6.
+# (torch's own default is 0.01); 0.05 at lr 1e-3, the default spec, does as well as Adam at 2e-3 (bench/README.md).
 DEFAULT_WEIGHT_DECAY: dict[str, float] = {"adamw": 0.05}
 DEFAULT_OPTIMIZER = "adamw"
 
@@ -236,11 +231,8 @@ AbstainThreshold = Probability | Annotated[dict[LabelName, Probability], Field(m
 # `preset: "fast"`: a fastText-like run (Joulin et al. 2016: averaged word + hashed-bigram embeddings, no dropout,
 # plain SGD decaying linearly to 0, no clipping), filled in UNDER the user's fields. The loss is a batch mean, so
 # lr 10 on 32 examples moves each one about as far as fastText's per-example rate (1.0 decaying, ~0.3 here).
-# That network alone stayed 3-4 points under fastText on MR whatever we tried; blended at 0.85 with the TF-IDF
-# model the preset scored TREC 90.6, SST-2 81.4, MR 76.2, SMS 98.8, BANKING77 89.5, SST-2 GLUE 81.2 against
-# fastText's 90.2 / 79.6 / 76.5 / 98.6 / 79.2 / 81.3, in 1.4-3.2x fastText's time (10 epochs; 2026-12-02, seed
-# 0). Blended, 6 epochs did as well as 10 (seeds 0-2, mean test accuracy: TREC 90.1 vs 90.3, SST-2 80.6 vs 80.4,
-# MR 76.3 vs 76.4; BANKING77 seed 0 89.3 vs 89.5) in 60% of the network's time; 4 lost TREC 0.4 (2026-12-02).
+# Blended at 0.85 with TF-IDF it matches fastText's accuracy, which the network alone did not; 6 epochs are as
+# good as 10 and fewer lose accuracy (bench/README.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "fast": {
@@ -281,11 +273,7 @@ class TrainingSpec(_Strict):
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    # At most 10 epochs of batch 32 at AdamW 1e-3, stopped early: the sentiment sets' best epoch comes at 2-3 and
-    # they stop by 6, while BANKING77's 77 intents still improve past 8 (the network alone: test accuracy 87.8 at
-    # 8 epochs, 89.8 at 12; seed 0, 2026-12-01). Blended with the TF-IDF member, 10 epochs scored as 12 did (seeds
-    # 0-2, mean test accuracy 10 vs 12: TREC 91.3 vs 91.5, SST-2 81.8 vs 81.4, MR 76.7 vs 76.8, SMS 98.7 vs 98.7,
-    # BANKING77 90.8 vs 91.1) and took 17% less time where no early stop comes first (BANKING77; 2026-12-02).
+    # At most 10, stopped early: room for many-class sets that learn slowly, as good as 12 and faster (bench/README.md).
     epochs: int = Field(10, ge=1, le=200, description="Passes over the training set (an upper bound: early "
                                                           "stopping is on by default).")
     batch_size: int = Field(32, ge=1, le=4_096, description="Examples per optimization step.")
@@ -299,10 +287,7 @@ class TrainingSpec(_Strict):
     test_dataset_id: UUID | None = Field(None, description="A separately uploaded dataset to evaluate on.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the split, initialisation and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when present.")
-    # A budget in steps beside the one in epochs: the small sets' 10 epochs take 1.5k-2.8k steps, so it leaves them
-    # alone, while SST-2 GLUE's 67k phrases stop after about 2 epochs. There, 4k steps scored 84.3 on the
-    # test sentences against 81.9 after all 12 epochs (the network overfits phrases), in 42 s against 234 s
-    # (2026-12-01, seed 0, with the TF-IDF blend).
+    # A budget in steps beside epochs: small sets never reach it; large ones stop before overfitting (bench/README.md).
     max_steps: int | None = Field(
         4_000, ge=1, le=10_000_000,
         description="Stop after this many optimization steps even if epochs remain (the schedule spans the "
@@ -320,8 +305,7 @@ class TrainingSpec(_Strict):
     class_weights: ClassWeights | None = Field(
         None, description="Loss weight per class: balanced (inverse class frequency in the training split) or "
                           "{label: weight} (labels left out weigh 1); null for equal weights.")
-    # On by default: the sentence sets' best epoch comes at 2-6 of 8, and stopping 2 epochs after it saved 2-3
-    # epochs on SST-2 and MR without changing the epoch kept (3 seeds, 2026-12-01).
+    # On by default: it saves epochs past the best one without changing which epoch is kept (bench/README.md).
     early_stopping: EarlyStoppingSpec | None = Field(
         default_factory=lambda: EarlyStoppingSpec(patience=2),
         description="Stop when the metric stops improving; null trains every epoch. Either way the best epoch (by "
