@@ -15,7 +15,7 @@ import requests
 from app.cli import api_command
 from core.db.migrate import upgrade
 from core.db.session import make_engine, make_sessionmaker
-from tests.conftest import Processes, child_env, free_port, make_settings, upload_tiny, wait_http
+from tests.helpers import Processes, child_env, free_port, make_settings, upload_tiny, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TEXTS = ["the striker scored twice", "simmer the beans"]
@@ -87,7 +87,8 @@ def test_alias_moves_under_load_with_no_failed_request(tmp_path: Path, processes
             resp = requests.put(f"{base}/v1/aliases/prod", json={"model_id": target}, timeout=30)
             assert resp.status_code == 200, resp.text
             moves.append((time.monotonic(), target))
-        settled, settle_calls = wait_until_served(base, second)  # both processes refreshed and warmed, however long it took
+        # both processes refreshed and warmed, however long it took
+        settled, settle_calls = wait_until_served(base, second)
         deadline = time.monotonic() + 60
         while len([at for at, _, _ in replies if at > settled]) < 20 and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import make_settings, start_serve, tiny_dataset_csv
+from tests.helpers import make_settings, start_serve, tiny_dataset_csv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

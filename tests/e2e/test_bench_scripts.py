@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tiny_dataset_csv
+from tests.helpers import ROOT, tiny_dataset_csv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import requests
 
-from tests.conftest import ROOT, make_settings, start_serve, tiny_dataset_csv, upload_tiny
+from tests.helpers import ROOT, make_settings, start_serve, tiny_dataset_csv, upload_tiny
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -121,7 +121,8 @@ def test_sweep_cli_story(tmp_path, processes):
     # a random search, cancelled before any child can finish: watching it ends with status 1, nothing to promote
     created = json.loads(textclf(base, "sweep", "create", dataset_id, "--random", "3", "--space",
                                  "optimizer.lr=log:1e-3:1e-1", "--space", "optimizer.name=adam,sgd", "--seed", "1",
-                                 "--set", "epochs=20", "--set", "batch_size=8", "--set", "early_stopping=null", "--json").stdout)
+                                 "--set", "epochs=20", "--set", "batch_size=8", "--set", "early_stopping=null",
+                                 "--json").stdout)
     assert created["search"] == "random" and len(created["children"]) == 3
     for child in created["children"]:
         assert 1e-3 <= child["params"]["optimizer.lr"] <= 0.1 and child["params"]["optimizer.name"] in ("adam", "sgd")

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, child_env, free_port, make_settings, wait_http
-from tests.e2e.test_embedded import run_story
+from tests.helpers import ROOT, child_env, free_port, make_settings, run_story, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import children, frozen, start_serve, upload_tiny, wait_for_log, wait_job, wait_running, worker_pid
+from tests.helpers import children, frozen, start_serve, upload_tiny, wait_for_log, wait_job, wait_running, worker_pid
 from worker.ml.train import CANCEL_CHECK_EVERY_S
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

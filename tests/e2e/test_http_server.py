@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import Processes, start_serve, upload_tiny, wait_job
+from tests.helpers import Processes, start_serve, upload_tiny, wait_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -79,7 +79,8 @@ def test_stalled_and_slow_clients_take_no_worker_away(service):
         # a chunked body that never ends, and a body shorter than its Content-Length, both on views that read
         *[f"POST /v1/models/{model_id}/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
           "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"tex\r\n".encode()] * 2,
-        *[b"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 100000\r\n\r\ntext,"] * 2,
+        *[b"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 100000\r\n\r\n"
+          b"text,"] * 2,
     ])
     stop = threading.Event()
 
@@ -146,6 +147,7 @@ def test_content_length_and_transfer_encoding_together_is_read_as_chunked_and_cl
     body = b'{"texts": ["the striker scored"]}'
     got, headers, reply = _raw(base, f"POST /v1/models/{model_id}/predict HTTP/1.1\r\nHost: x\r\n"
                                f"Content-Type: application/json\r\nContent-Length: 3\r\n"
-                               f"Transfer-Encoding: chunked\r\n\r\n{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+                               f"Transfer-Encoding: chunked\r\n\r\n{len(body):x}\r\n".encode()
+                               + body + b"\r\n0\r\n\r\n")
     assert got == 200 and headers.get("connection") == "close", (got, headers, reply[:300])
     assert json.loads(reply)["model_id"] == model_id

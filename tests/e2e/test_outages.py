@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from bench.services import PrivatePostgres, PrivateRedis, Stack
-from tests.conftest import upload_tiny, wait_http, wait_job, wait_running
+from tests.helpers import upload_tiny, wait_http, wait_job, wait_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -82,8 +82,8 @@ def test_a_postgres_restart_gives_503s_then_recovers_by_itself_and_the_job_finis
     dataset = upload_tiny(base)
     first = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset, "epochs": 2}, timeout=10).json()
     model_id = wait_job(base, first["id"], timeout=180)["model_id"]
-    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset, "epochs": 30, "batch_size": 4, "early_stopping": None},
-                        timeout=10).json()
+    job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset, "epochs": 30, "batch_size": 4,
+                                                 "early_stopping": None}, timeout=10).json()
     wait_running(base, job["id"])
 
     # Clients keep calling while the database goes away and comes back.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import start_serve, upload_tiny, wait_job
+from tests.helpers import start_serve, upload_tiny, wait_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

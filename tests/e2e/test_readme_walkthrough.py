@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, make_settings, start_serve
+from tests.helpers import ROOT, make_settings, start_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 README_URL = "http://127.0.0.1:8000"

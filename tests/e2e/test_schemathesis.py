@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_serve
+from tests.helpers import start_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Processes, children, frozen, start_serve, upload_tiny, worker_pid
+from tests.helpers import Processes, children, frozen, start_serve, upload_tiny, worker_pid
 from worker.ml.train import CANCEL_CHECK_EVERY_S
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -1,7 +1,7 @@
 """API keys, scopes, rate limits and job ceilings through Flask's test client, on SQLite and PostgreSQL.
 
 These tests turn AUTH_REQUIRED (and, where they test limits, RATE_LIMIT_ENABLED) on; every other test runs
-with both off (tests/conftest.py make_settings).
+with both off (tests/helpers.py make_settings). The `keyed` fixture is in tests/integration/conftest.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -22,44 +21,11 @@ from app.cli import main
 from app.cli.keys import bootstrap_admin_key
 from core.config import get_settings
 from core.db import api_keys
-from tests.conftest import make_settings
-from tests.integration.test_api import Api, assert_error, locs, running_api, sqlite_settings
+from tests.helpers import KeyedApi, assert_error, db_settings, locs, make_settings, running_api, sqlite_settings
 
 pytestmark = pytest.mark.integration
 
 RECORDS = {"name": "n", "records": [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}]}
-
-
-class KeyedApi:
-    """An API with keys required, and a helper that makes keys straight in its database."""
-
-    def __init__(self, api: Api, sessionmaker: Any):
-        self.api = api
-        self.sessionmaker = sessionmaker
-
-    def make_key(self, *scopes: str, name: str = "test") -> str:
-        with self.sessionmaker.begin() as session:
-            _, secret = api_keys.create_key(session=session, name=name, scopes=list(scopes))
-        return secret
-
-    def call(self, method: str, url: str, key: str | None, **kwargs: Any):
-        headers = kwargs.pop("headers", {})
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        return self.api.open(method, url, headers=headers, **kwargs)
-
-
-def _settings(request: pytest.FixtureRequest, tmp_path: Path, **overrides: Any):
-    overrides = {"AUTH_REQUIRED": True, **overrides}
-    if request.param == "sqlite":
-        return sqlite_settings(tmp_path, **overrides)
-    return make_settings(tmp_path, DATABASE_URL=request.getfixturevalue("pg_url"), **overrides)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def keyed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyedApi]:
-    with running_api(_settings(request, tmp_path)) as (api, sessionmaker):
-        yield KeyedApi(api, sessionmaker)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,7 +153,7 @@ def test_last_used_at_is_written_at_most_once_a_minute(keyed: KeyedApi):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def cli_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterator[dict]:
     # No key cache: the CLI revokes from outside the API process, and the test expects the 401 at once.
-    settings = _settings(request, tmp_path, AUTH_CACHE_SECONDS=0)
+    settings = db_settings(request, tmp_path, AUTH_REQUIRED=True, AUTH_CACHE_SECONDS=0)
     env = {"TEXTCLF_DATA_DIR": str(settings.data_dir), "DATABASE_URL": settings.database_url,
            "AUTH_REQUIRED": "true"}
     for name, value in env.items():

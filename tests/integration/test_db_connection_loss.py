@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from app import create_app
 from app.extensions import get_session
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_dataset_csv
-from tests.integration.test_api import Api, any_api, api, assert_error, running_api, sqlite_settings  # noqa: F401
-from tests.integration.test_auth import KeyedApi, keyed  # noqa: F401 (fixture)
+from tests.helpers import Api, KeyedApi, assert_error, running_api, sqlite_settings, tiny_dataset_csv
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +41,8 @@ def test_same_key_and_spec_queues_one_job(any_api: Api):
 
 def test_a_key_reused_with_another_body_is_refused(any_api: Api):
     dataset_id = any_api.create_dataset()
-    assert any_api.post("/v1/jobs", json={"dataset_id": dataset_id}, headers={"Idempotency-Key": "k"}).status_code == 202
+    assert any_api.post("/v1/jobs", json={"dataset_id": dataset_id},
+                        headers={"Idempotency-Key": "k"}).status_code == 202
     with any_api.writes_nothing():
         error = assert_error(any_api.post("/v1/jobs", json={"dataset_id": dataset_id, "epochs": 2},
                                           headers={"Idempotency-Key": "k"}), 422, "validation_error",
@@ -53,7 +52,8 @@ def test_a_key_reused_with_another_body_is_refused(any_api: Api):
 
 def test_a_key_is_scoped_to_its_endpoint_and_bad_keys_are_400(api: Api):
     dataset_id = api.create_dataset()
-    assert api.post("/v1/jobs", json={"dataset_id": dataset_id}, headers={"Idempotency-Key": "shared"}).status_code == 202
+    assert api.post("/v1/jobs", json={"dataset_id": dataset_id},
+                    headers={"Idempotency-Key": "shared"}).status_code == 202
     assert api.post("/v1/datasets", json={"name": "n", "records": [{"text": "a", "label": "x"},
                                                                    {"text": "b", "label": "y"}]},
                     headers={"Idempotency-Key": "shared"}).status_code == 201

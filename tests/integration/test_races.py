@@ -20,8 +20,7 @@ from werkzeug.test import TestResponse
 
 from core.db import registry
 from core.db.tables import Model, ModelAlias, TrainingJob
-from tests.conftest import make_settings
-from tests.integration.test_api import Api, assert_error, locs, running_api, sqlite_settings
+from tests.helpers import Api, assert_error, locs, make_settings, running_api, sqlite_settings
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from app.bundle import USAGE
 from core.logs import ContextFilter, JsonFormatter
 from core.ml.predictor import choose_providers
-from tests.integration.test_api import Api, assert_error, locs, running_api, sqlite_settings
+from tests.helpers import Api, assert_error, locs, running_api, sqlite_settings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

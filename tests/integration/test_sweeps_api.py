@@ -19,8 +19,7 @@ import pytest
 from core.db import jobs as jobs_db
 from core.dispatch import dispatch_sweeps
 from core.spec import JobStatus
-from tests.conftest import make_settings
-from tests.integration.test_api import HUGE_SPEC, LONG_TEXTS_CSV, Api, assert_error, running_api, sqlite_settings
+from tests.helpers import HUGE_SPEC, LONG_TEXTS_CSV, Api, assert_error, make_settings, running_api, sqlite_settings
 
 pytestmark = pytest.mark.integration
 

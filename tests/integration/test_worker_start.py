@@ -15,8 +15,7 @@ from app.cli import worker_command
 from core.config import Settings
 from core.db import jobs as jobs_db
 from core.worker_start import EXIT_CANNOT_START
-from tests.conftest import ROOT, child_env
-from tests.integration.test_api import running_api, sqlite_settings
+from tests.helpers import ROOT, child_env, running_api, sqlite_settings
 
 pytestmark = pytest.mark.integration
 

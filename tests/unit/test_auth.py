@@ -11,7 +11,7 @@ from app import create_app
 from app.auth import ROUTE_SCOPES, allows, is_public, required_scope
 from core.api_keys import generate_key, hash_key
 from core.spec import Scope
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 pytestmark = pytest.mark.unit
 

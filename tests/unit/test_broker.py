@@ -24,10 +24,9 @@ def test_the_worker_parent_preloads_the_training_code_without_initialising_cuda(
     import sys
 
     wanted = ["onnxscript", "torch", "torch._dynamo", "worker.ml.export", "worker.ml.train"]
-    code = ("import json, sys, worker.celery_app as w; before = [m for m in %r if m in sys.modules]; "
+    code = (f"import json, sys, worker.celery_app as w; before = [m for m in {wanted!r} if m in sys.modules]; "
             "w.preload_training_code(); import torch; "
-            "print(json.dumps([before, [m for m in %r if m in sys.modules], torch.cuda.is_initialized()]))"
-            % (wanted, wanted))
+            f"print(json.dumps([before, [m for m in {wanted!r} if m in sys.modules], torch.cuda.is_initialized()]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     before, after, cuda_initialised = json.loads(out.stdout)
     assert before == [] and after == wanted and cuda_initialised is False

@@ -1,5 +1,8 @@
+import json
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -48,11 +51,42 @@ def test_every_ref_resolves():
     jsonschema.Draft202012Validator.check_schema(doc["components"]["schemas"]["TrainingSpec"])
 
 
-def test_api_never_imports_torch():
-    code = ("import sys; import app; from app import create_app; import app.cli, app.api.models, app.serving; "
-            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+def loaded_modules(code: str, prefixes: tuple[str, ...]) -> list[str]:
+    """Run `code` in a fresh interpreter, then list the loaded modules that are, or are inside, one of `prefixes`."""
+    report = ("import json, sys; "
+              f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {list(prefixes)!r})))")
+    out = subprocess.run([sys.executable, "-c", f"{code}\n{report}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_api_never_imports_torch_or_the_worker(tmp_path: Path):
+    """create_app() imports every blueprint; it, the CLI and the serving code load neither torch nor worker/."""
+    settings = {"TEXTCLF_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}",
+                "ARTIFACT_DIR": str(tmp_path / "artifacts"), "AUTH_REQUIRED": False, "RATE_LIMIT_ENABLED": False}
+    code = textwrap.dedent(f"""
+        from app import create_app
+        import app.cli, app.serving
+        from core.config import Settings
+
+        api = create_app(Settings(**{settings!r}))
+        assert {{"datasets", "health", "jobs", "keys", "models", "sweeps"}} <= set(api.blueprints), api.blueprints
+    """)
+    assert loaded_modules(code, ("torch", "worker")) == []
+
+
+def test_core_loads_neither_flask_nor_torch():
+    """Every module of core/, imported together: no web framework, no torch, neither role."""
+    code = textwrap.dedent("""
+        import importlib, pkgutil
+        import core
+
+        names = [m.name for m in pkgutil.walk_packages(core.__path__, "core.")]
+        assert {"core.config", "core.db.jobs", "core.ml.predictor"} <= set(names), names
+        for name in names:
+            importlib.import_module(name)
+    """)
+    assert loaded_modules(code, ("flask", "werkzeug", "torch", "app", "worker")) == []
 
 
 def test_every_operation_has_one_resource_tag_that_is_described():

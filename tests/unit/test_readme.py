@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_setting_is_in_the_configuration_table():
     readme = (ROOT / "README.md").read_text()
-    missing = [f.validation_alias for f in Settings.model_fields.values() if f"| `{f.validation_alias}` |" not in readme]
+    missing = [f.validation_alias for f in Settings.model_fields.values()
+               if f"| `{f.validation_alias}` |" not in readme]
     assert not missing, f"README configuration table lacks {missing}"
 
 

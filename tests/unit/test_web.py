@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 pytestmark = pytest.mark.unit
 
