@@ -46,3 +46,23 @@ def test_every_curl_to_the_api_sends_the_key_and_a_download_saves_no_error():
     # Without -f, curl saves a 401's or 404's JSON error as the file and exits 0.
     downloads = [c for c in commands if re.search(r"\s-o\s", c)]
     assert downloads and not [c for c in downloads if not re.search(r"\s(-[a-zA-Z]*f[a-zA-Z]*|--fail)\s", c)]
+
+
+def _architecture_tree() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Architecture"):]
+    return section[section.index("```\n") + 4:section.index("\n```", section.index("```\n") + 4)]
+
+
+def test_the_architecture_tree_names_every_module_and_only_modules_that_exist():
+    tree = _architecture_tree()
+    named = set(re.findall(r"[\w]+(?=\.py\b)", tree)) | set(re.findall(r"(?<![\w/.])([a-z_]+)(?=[,;)\s]|$)", tree))
+    modules = [p for layer in ("core", "app", "worker") for p in (ROOT / layer).rglob("*.py")]
+    unnamed = sorted(str(p.relative_to(ROOT)) for p in modules
+                     if p.stem not in ("__init__", "__main__") and p.stem not in named)
+    assert not unnamed, f"README's architecture tree lacks {unnamed}"
+    stems = {p.stem for p in modules} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+    invented = sorted(set(re.findall(r"([\w]+)\.py\b", tree)) - stems)
+    assert not invented, f"README's architecture tree names modules that do not exist: {invented}"
+    for folder in re.findall(r"^(\w+)/", tree, flags=re.M) + re.findall(r"^  (\w+)/", tree, flags=re.M):
+        assert any((ROOT / layer / folder).is_dir() for layer in ("", "core", "app", "worker")), folder
