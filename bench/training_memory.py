@@ -1,4 +1,4 @@
-"""Measured peak training memory against app/model_size.estimate_training_bytes.
+"""Measured peak training memory against core/limits.estimate_training_bytes.
 
     .venv/bin/python -m bench.training_memory            # the built-in cases, one fresh process each
 

@@ -2,7 +2,7 @@
 exist, per-label settings name real labels), run time, epochs, model size and training memory.
 
 Model size and memory are computed from the spec alone (no torch). The formulas mirror worker/ml/model.py;
-tests/unit/test_model_size.py compares them with the built torch modules for every architecture.
+tests/unit/test_limits.py compares them with the built torch modules for every architecture.
 """
 
 from __future__ import annotations
