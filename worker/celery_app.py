@@ -10,11 +10,11 @@ import threading
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init, worker_ready
 from sqlalchemy.exc import OperationalError
 
+from core import logs
 from core.broker import make_celery
 from core.config import get_settings
 from core.db import jobs
 from core.db.session import make_engine, make_sessionmaker
-from core.logs import apply_format
 from core.worker_start import clear_start_failure, require_worker_dependencies
 
 settings = get_settings()
@@ -31,7 +31,7 @@ SessionLocal = make_sessionmaker(engine)
 def _log_format(logger, **_kwargs) -> None:
     # Celery sets up its own handlers; LOG_FORMAT=json makes them write JSON with the job id too.
     if settings.log_format == "json":
-        apply_format(logger, "json")
+        logs.apply_format(logger, "json")
 
 
 @worker_init.connect
@@ -39,9 +39,9 @@ def preload_training_code(**_kwargs) -> None:
     """Import torch and the training and export code once, in the parent, before it forks job processes.
 
     Every job runs in a freshly forked process (max_tasks_per_child=1), which then starts with these modules
-    loaded instead of importing them itself: about 5 s per job on our 2-core CPU (torch 1.3 s, the training code
-    2.8 s with the torch._dynamo it imports, and onnxscript, which the ONNX exporter builds graphs with, 1.2 s;
-    2026-12-02). Importing does not initialise CUDA: torch does that on first use, in the task, so the children
+    loaded instead of importing them itself: torch, the training code with the torch._dynamo it imports, and
+    onnxscript, which the ONNX exporter builds graphs with, take seconds to import (bench/README.md). Importing
+    does not initialise CUDA: torch does that on first use, in the task, so the children
     can still use the GPU (pytorch#40403 is about initialising it before the fork). Merely importing this module
     or worker.training loads no torch.
     """

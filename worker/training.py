@@ -1,4 +1,9 @@
-"""One training job from claim to registered model: the orchestration around worker.ml."""
+"""One training job from claim to registered model: the orchestration around worker.ml.
+
+run_training claims the job, then three steps run with no database session held: train, export (with the
+ONNX parity check and the evaluation of the exported model) and register. Each step takes the JobRun, the
+claimed attempt's context, and hands the next step what it made.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -21,16 +27,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import ingest
 from core.config import Settings
-from core.db import jobs, registry, sweeps
+from core.db import jobs, registry
 from core.db.datasets import get_dataset, records_path
-from core.db.tables import Model, Sweep
-from core.dispatch import start_next_children
+from core.db.tables import Model
+from core.dispatch import Send
 from core.errors import ErrorCode
 from core.ml.predictor import OnnxPredictor
-from core.spec import JobStatus, TrainingSpec
-from core.sweeps import Pruning, prune_decision
+from core.spec import TERMINAL_STATUSES, JobStatus, TrainingSpec
 from worker.ml.checkpoint import CheckpointStore, fingerprint
 from worker.ml.evaluation import evaluate
+from worker.sweeps import SweepPruner, release_slot
+
+if TYPE_CHECKING:  # torch: task process only
+    from worker.ml.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +76,69 @@ class JobFailed(Exception):
         self.message = message
 
 
+@dataclass
+class JobRun:
+    """One claimed attempt at a job: what every step after the claim works with. Each database write opens its
+    own short transaction from `sessionmaker`, as `owner`, so a job taken over by another attempt is left alone."""
+
+    sessionmaker: sessionmaker[Session]
+    settings: Settings
+    job_id: uuid.UUID
+    owner: str  # worker_id:pid, written with every change to the job
+    spec: TrainingSpec
+    dataset_sha256: str | None
+    checkpoint: CheckpointStore | None
+    pruner: SweepPruner | None = None
+
+    def write_progress(self, progress: dict[str, Any], *, history: list[dict[str, Any]] | None = None,
+                       device: str | None = None) -> None:
+        """Store the job's progress; a database blip is logged, not raised."""
+        try:
+            with self.sessionmaker.begin() as session:
+                jobs.update_progress(session=session, job_id=self.job_id, progress=progress, history=history,
+                                     device=device, worker_id=self.owner)
+        except OperationalError:
+            # A database blip must not kill hours of training; the next write will carry the news.
+            log.warning("job %s: could not write progress (database unavailable)", self.job_id)
+
+    def cancel_requested(self) -> bool:
+        """True once the user asked to cancel."""
+        return _cancel_requested(self.sessionmaker, self.job_id)
+
+    def finish(self, status: JobStatus, **fields: Any) -> None:
+        """End the job as `status` with `fields` (error, progress) in one transaction."""
+        with self.sessionmaker.begin() as session:
+            jobs.finish_job(session=session, job_id=self.job_id, status=status, worker_id=self.owner, **fields)
+
+    def fail(self, code: ErrorCode, message: str) -> None:
+        """End the job as failed with a stable `code` and a message for the user."""
+        self.finish(JobStatus.failed, error_code=code, error_message=message, progress={"stage": "failed"})
+
+
+@dataclass(frozen=True)
+class JobData:
+    """The job's rows: `texts`/`labels` for training (validation is split off inside train()), and the test
+    rows, a separate dataset or a share held out here that train() never sees."""
+
+    texts: list[str]
+    labels: list[str]
+    test_texts: list[str]
+    test_labels: list[str]
+    label_names: list[str]  # the training labels, sorted: the model's classes, in order
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A checked, evaluated model directory in its final place, not yet registered."""
+
+    model_id: uuid.UUID
+    model_dir: Path
+    metrics: dict[str, Any]
+    evaluation: dict[str, Any]
+
+
 def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.UUID,
-                 worker_id: str = "worker", send: Callable[[uuid.UUID, int | None], None] | None = None) -> str:
+                 worker_id: str = "worker", send: Send | None = None) -> str:
     """Claim, train, export, check and register; returns the job's final status (or 'skipped').
 
     `send` puts a job's message on the broker: when this job is a sweep's child, the next waiting children
@@ -86,96 +156,52 @@ def run_training(*, sessionmaker: sessionmaker[Session], settings: Settings, job
             pruner = SweepPruner.for_job(session, job, spec, sessionmaker)
     if not claimed:
         log.info("job %s: not queued any more, skipping this delivery", job_id)
-        _next_children(sessionmaker, sweep_id, send)  # e.g. a child cancelled before it started freed a slot
+        # e.g. a child cancelled before it started freed a slot
+        release_slot(sessionmaker=sessionmaker, sweep_id=sweep_id, send=send)
         return "skipped"
     log.info("job %s: claimed", job_id)
     checkpoint = CheckpointStore(settings.jobs_dir / str(job_id),
                                  fingerprint(spec.model_dump(mode="json"), dataset_sha256))
+    run = JobRun(sessionmaker=sessionmaker, settings=settings, job_id=job_id, owner=owner, spec=spec,
+                 dataset_sha256=dataset_sha256, checkpoint=checkpoint, pruner=pruner)
     try:
         with JobHeartbeat(sessionmaker, job_id, owner, interval_s=settings.job_heartbeat_timeout / 5):
-            status = _run(sessionmaker, settings, job_id, owner, spec, dataset_sha256, checkpoint, pruner)
+            status = _run(run)
     except OperationalError:
         raise  # infrastructure: the job is re-queued, and the next attempt resumes from the last checkpoint
     except BaseException:
         checkpoint.clear()
         raise
-    # Every other way out is final (succeeded, failed, cancelled, pruned): the checkpoint is of no more use.
-    # A SIGKILL never gets here, which is the point: the next attempt resumes from it.
-    checkpoint.clear()
-    _next_children(sessionmaker, sweep_id, send)
+    # A final status leaves the checkpoint of no more use. A SIGKILL never gets here, which is the point: the
+    # next attempt resumes from it.
+    if status in TERMINAL_STATUSES:
+        checkpoint.clear()
+    release_slot(sessionmaker=sessionmaker, sweep_id=sweep_id, send=send)
     return status
 
 
-def _next_children(sm: sessionmaker[Session], sweep_id: uuid.UUID | None,
-                   send: Callable[[uuid.UUID, int | None], None] | None) -> None:
-    """This child's slot is free: start the sweep's next waiting children. Best effort: the reaper repeats it."""
-    if sweep_id is None or send is None:
-        return
-    start_next_children(sessionmaker=sm, send=send, sweep_id=sweep_id)
-
-
-class SweepPruner:
-    """Successive halving for one sweep child: after each milestone epoch, compare the child with its siblings
-    (core.sweeps.prune_decision) and, if it is clearly behind, ask training to stop."""
-
-    def __init__(self, sm: sessionmaker[Session], job_id: uuid.UUID, sweep_id: uuid.UUID, metric: str,
-                 pruning: Pruning, total_epochs: int) -> None:
-        self.sm, self.job_id, self.sweep_id, self.metric = sm, job_id, sweep_id, metric
-        self.pruning, self.total_epochs = pruning, total_epochs
-        self.checked_epochs = 0
-        self.reason: str | None = None
-
-    @classmethod
-    def for_job(cls, session: Session, job, spec: TrainingSpec, sm: sessionmaker[Session]) -> SweepPruner | None:
-        sweep = session.get(Sweep, job.sweep_id) if job.sweep_id is not None else None
-        if sweep is None or not sweep.request.get("pruning"):
-            return None
-        return cls(sm, job.id, sweep.id, sweep.metric, Pruning.model_validate(sweep.request["pruning"]), spec.epochs)
-
-    def after_epoch(self, history: list[dict[str, Any]]) -> None:
-        epoch = len(history)
-        # Each epoch is judged once; the last epoch never (stopping a finished run saves nothing).
-        if epoch <= self.checked_epochs or epoch >= self.total_epochs or self.reason is not None:
-            return
-        self.checked_epochs = epoch
-        if epoch not in self.pruning.milestones:
-            return
-        try:
-            with self.sm() as session:
-                peers = sweeps.sibling_histories(session=session, sweep_id=self.sweep_id, job_id=self.job_id)
-        except OperationalError:
-            return  # a database blip: keep training rather than decide on nothing
-        self.reason = prune_decision(history, peers, epoch=epoch, metric=self.metric, pruning=self.pruning)
-        if self.reason:
-            log.info("job %s: %s", self.job_id, self.reason)
-
-
-def _run(sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.UUID, owner: str,
-         spec: TrainingSpec, dataset_sha256: str | None, checkpoint: CheckpointStore,
-         pruner: SweepPruner | None = None) -> str:
+def _run(run: JobRun) -> str:
+    """The three steps under the memory cap; every way the job ends is written here. Returns the status."""
+    settings, spec = run.settings, run.spec
     try:
         with memory_cap(settings.training_memory_limit_mb * MIB if _trains_on_cpu(spec) else None):
-            model_id, metrics = _train_and_register(sessionmaker, settings, job_id, owner, spec, dataset_sha256,
-                                                    checkpoint, pruner)
+            model_id, metrics = _train_export_register(run)
     except JobPruned as exc:
-        with sessionmaker.begin() as session:
-            jobs.finish_job(session=session, job_id=job_id, status=JobStatus.pruned, error_code=ErrorCode.pruned,
-                            error_message=exc.reason, progress={"stage": "pruned"}, worker_id=owner)
+        run.finish(JobStatus.pruned, error_code=ErrorCode.pruned, error_message=exc.reason,
+                   progress={"stage": "pruned"})
         return JobStatus.pruned
     except JobCancelled:
-        log.info("job %s cancelled", job_id)
-        with sessionmaker.begin() as session:
-            jobs.finish_job(session=session, job_id=job_id, status=JobStatus.cancelled,
-                            progress={"stage": "cancelled"}, worker_id=owner)
+        log.info("job %s cancelled", run.job_id)
+        run.finish(JobStatus.cancelled, progress={"stage": "cancelled"})
         return JobStatus.cancelled
     except JobFailed as exc:
-        log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
-        _fail(sessionmaker, job_id, owner, exc.code, exc.message)
+        log.warning("job %s failed: %s: %s", run.job_id, exc.code, exc.message)
+        run.fail(exc.code, exc.message)
         return JobStatus.failed
     except SoftTimeLimitExceeded:
-        _fail(sessionmaker, job_id, owner, ErrorCode.time_limit_exceeded,
-              f"The job ran past its time limit ({spec.max_runtime_seconds or settings.job_max_runtime_seconds} s; "
-              "max_runtime_seconds in the spec, capped by JOB_MAX_RUNTIME_SECONDS).")
+        run.fail(ErrorCode.time_limit_exceeded,
+                 f"The job ran past its time limit ({spec.max_runtime_seconds or settings.job_max_runtime_seconds} s; "
+                 "max_runtime_seconds in the spec, capped by JOB_MAX_RUNTIME_SECONDS).")
         return JobStatus.failed
     except OperationalError:
         raise  # infrastructure: Celery retries the task
@@ -189,18 +215,182 @@ def _run(sessionmaker: sessionmaker[Session], settings: Settings, job_id: uuid.U
         if out_of_memory(exc):
             # Past the cap the allocation failed here, where a kernel OOM kill would have been re-queued to die
             # again; the cap is lifted again by now, so this write has memory to work with.
-            log.warning("job %s ran out of memory: %s", job_id, exc)
-            _fail(sessionmaker, job_id, owner, ErrorCode.out_of_memory,
-                  f"Training ran out of memory: a job may use {settings.training_memory_limit_mb:,} MiB above its "
-                  "process's own (TRAINING_MEMORY_LIMIT_MB). Lower batch_size, tokenizer.max_length, "
-                  "model.embedding_dim or the model's width.")
+            log.warning("job %s ran out of memory: %s", run.job_id, exc)
+            run.fail(ErrorCode.out_of_memory,
+                     f"Training ran out of memory: a job may use {settings.training_memory_limit_mb:,} MiB above its "
+                     "process's own (TRAINING_MEMORY_LIMIT_MB). Lower batch_size, tokenizer.max_length, "
+                     "model.embedding_dim or the model's width.")
             return JobStatus.failed
-        log.exception("job %s: unexpected error", job_id)
-        _fail(sessionmaker, job_id, owner, ErrorCode.training_error,
-              f"Training failed unexpectedly ({type(exc).__name__}).")
+        log.exception("job %s: unexpected error", run.job_id)
+        run.fail(ErrorCode.training_error, f"Training failed unexpectedly ({type(exc).__name__}).")
         return JobStatus.failed
-    log.info("job %s succeeded: model %s, val accuracy %.4f", job_id, model_id, metrics.get("val_accuracy", 0.0))
+    log.info("job %s succeeded: model %s, val accuracy %.4f", run.job_id, model_id, metrics.get("val_accuracy", 0.0))
     return JobStatus.succeeded
+
+
+def _train_export_register(run: JobRun) -> tuple[uuid.UUID, dict[str, Any]]:
+    """Load the data, then train -> export -> register; returns the registered model's id and metrics."""
+    # torch is imported here, inside the task process, never in the Celery parent (CUDA and fork don't mix).
+    import torch
+
+    # Each of the worker's WORKER_CONCURRENCY processes gets its share of the cores: oversubscribed threads
+    # made epochs several times slower on our 2-core machine.
+    torch.set_num_threads(run.settings.training_threads())
+    data = _load_data(run.settings, run.spec)
+    device, device_name = _resolve_device(run.spec)
+    run.write_progress({"stage": "training", "total_epochs": run.spec.epochs}, device=device_name)
+    result = _train(run, data=data, device=device)
+    exported = _export(run, data=data, result=result, device_name=device_name)
+    _register(run, exported=exported, result=result, label_names=data.label_names)
+    return exported.model_id, exported.metrics
+
+
+def _resolve_device(spec: TrainingSpec) -> tuple[Any, str]:
+    """The torch device the spec asks for, and its name for the job's `device` field."""
+    import torch
+
+    from worker.ml.train import CudaUnavailable, resolve_device
+
+    try:
+        device = resolve_device(spec.device)
+    except CudaUnavailable:
+        raise JobFailed(ErrorCode.cuda_unavailable, "The spec asks for CUDA but this worker has no usable GPU.") \
+            from None
+    return device, _describe(device, torch)
+
+
+def _train(run: JobRun, *, data: JobData, device: Any) -> TrainResult:
+    """Step 1: train, writing progress as it goes and stopping for a cancel or the sweep's pruner; the loop's
+    own failures become the job's (JobFailed, JobCancelled, JobPruned)."""
+    from worker.ml.train import SpecDataMismatch, TrainingCancelled, TrainingDiverged, train
+
+    pruner = run.pruner
+    last_write, epochs_written = 0.0, 0
+
+    def on_progress(progress: dict[str, Any]) -> None:
+        nonlocal last_write, epochs_written
+        history = progress.get("history") or []
+        now = time.monotonic()
+        if len(history) == epochs_written and now - last_write < PROGRESS_INTERVAL_S:
+            return
+        new_epoch = len(history) > epochs_written
+        last_write, epochs_written = now, len(history)
+        shown = {k: v for k, v in progress.items() if k != "history"}
+        if shown.get("percent", 0.0) >= AFTER_TRAINING_PERCENT:  # the steps are done, the job is not
+            shown.update(percent=AFTER_TRAINING_PERCENT, eta_seconds=None)
+        run.write_progress(shown, history=history)
+        if new_epoch and pruner is not None:
+            pruner.after_epoch(history)  # after the write: siblings judge this child by the stored history
+
+    def should_stop() -> bool:
+        return (pruner is not None and pruner.reason is not None) or run.cancel_requested()
+
+    try:
+        result = train(run.spec, data.texts, data.labels, label_names=data.label_names, device=device,
+                       on_progress=on_progress, should_stop=should_stop, checkpoint=run.checkpoint)
+    except TrainingDiverged as exc:
+        raise JobFailed(ErrorCode.training_diverged,
+                        f"Training diverged: {exc}; lower the learning rate or clip gradients.") from None
+    except TrainingCancelled:
+        if pruner is not None and pruner.reason is not None:
+            raise JobPruned(pruner.reason) from None
+        raise JobCancelled() from None
+    except SpecDataMismatch as exc:
+        raise JobFailed(ErrorCode.spec_data_mismatch, str(exc)) from None
+    if result.metrics.get("resumed_from_epoch") is not None:
+        log.info("job %s: resumed from the checkpoint of epoch %s", run.job_id, result.metrics["resumed_from_epoch"])
+    return result
+
+
+def _export(run: JobRun, *, data: JobData, result: TrainResult, device_name: str) -> ExportedModel:
+    """Step 2: export the model, check the ONNX file's parity with torch and evaluate the exported model (exactly
+    what will be served), all on the validation rows train() selected the model on (result.val_texts), then on
+    the test rows. Written to a private folder, moved into place only once complete and checked."""
+    spec = run.spec
+    run.write_progress({**_last_progress(result, spec), "stage": "exporting"})
+    model_id = uuid.uuid4()
+    with _staged_dir(run.settings.models_dir, job_id=run.job_id, model_id=model_id) as work_dir:
+        parity = _write_model(work_dir, result=result, spec=spec, label_names=data.label_names)
+        run.write_progress({**_last_progress(result, spec), "stage": "evaluating"})
+        evaluation = _evaluate_exported(work_dir, data.label_names, (result.val_texts, result.val_y),
+                                        (data.test_texts, data.test_labels))
+        metrics = {**_flat_metrics(result.metrics), "onnx_parity": parity, "device": device_name,
+                   "dataset_sha256": run.dataset_sha256, "seed": spec.seed,
+                   **_summary(evaluation["test"], "test")}
+        (work_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+        (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return ExportedModel(model_id=model_id, model_dir=run.settings.models_dir / str(model_id), metrics=metrics,
+                         evaluation=evaluation)
+
+
+@contextlib.contextmanager
+def _staged_dir(models_dir: Path, *, job_id: uuid.UUID, model_id: uuid.UUID) -> Iterator[Path]:
+    """A private folder to write a model into, renamed to models_dir/<model_id> once the block completes and
+    removed if it fails. It is named for the job, so an attempt killed mid-export leaves debris the next
+    attempt sweeps away."""
+    work_dir = models_dir / f".tmp-job-{job_id}"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work_dir
+        os.replace(work_dir, models_dir / str(model_id))
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+
+
+def _write_model(model_dir: Path, *, result: TrainResult, spec: TrainingSpec, label_names: list[str]) -> dict:
+    """The self-describing artifacts (model.onnx, tokenizer.json, labels.json, spec.json) in `model_dir`, and the
+    parity check of model.onnx against torch on validation texts; returns the parity figures."""
+    from worker.ml.export import ParityError, check_parity, export_onnx
+
+    export_onnx(result.model, model_dir / "model.onnx", vocab_size=result.encoder.vocab_size)
+    result.encoder.save(model_dir / "tokenizer.json")
+    (model_dir / "labels.json").write_text(json.dumps(label_names, ensure_ascii=False))
+    (model_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    try:
+        return check_parity(result.model, model_dir / "model.onnx", result.encoder, result.val_texts[:PARITY_SAMPLE])
+    except ParityError as exc:
+        raise JobFailed(ErrorCode.onnx_parity_failed, str(exc)) from None  # the message says what disagreed
+
+
+def _register(run: JobRun, *, exported: ExportedModel, result: TrainResult, label_names: list[str]) -> None:
+    """Step 3: the model row and the job's success in one transaction. A job cancelled meanwhile registers
+    nothing, and a failed registration leaves no model folder behind."""
+    spec, model_id, model_dir = run.spec, exported.model_id, exported.model_dir
+    if run.cancel_requested():  # cancelled during export: register nothing
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise JobCancelled()
+    artifacts = {p.name: p.stat().st_size for p in sorted(model_dir.iterdir())}
+    name = spec.name or f"model-{str(model_id)[:8]}"
+    try:
+        for attempt in range(REGISTER_ATTEMPTS):
+            try:
+                with run.sessionmaker.begin() as session:
+                    session.add(Model(id=model_id, name=name, version=registry.next_version(session=session, name=name),
+                                      job_id=run.job_id, dataset_id=spec.dataset_id, labels=label_names,
+                                      spec=spec.model_dump(mode="json"), metrics=exported.metrics,
+                                      artifacts=artifacts, evaluation=exported.evaluation,
+                                      abstain_threshold=spec.abstain_threshold))
+                    session.flush()
+                    done = jobs.finish_job(session=session, job_id=run.job_id, status=JobStatus.succeeded,
+                                           metrics=exported.metrics, model_id=model_id, worker_id=run.owner,
+                                           # the whole history: epoch-end writes lost to a database
+                                           # outage would otherwise leave it short
+                                           history=result.history,
+                                           progress={**_last_progress(result, spec), "stage": "done",
+                                                     "percent": 100.0, "eta_seconds": 0.0})
+                    if not done:
+                        raise JobFailed(ErrorCode.training_error,
+                                        "The job was changed by someone else while it trained.")
+                break
+            except IntegrityError:
+                # Another model of the same name took this version number at the same moment: count again.
+                if attempt == REGISTER_ATTEMPTS - 1:
+                    raise
+    except BaseException:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise
 
 
 def _trains_on_cpu(spec: TrainingSpec) -> bool:
@@ -301,166 +491,7 @@ class JobHeartbeat:
                 log.warning("job %s: heartbeat not written (database unavailable)", self.job_id)
 
 
-def _fail(sm: sessionmaker[Session], job_id: uuid.UUID, owner: str, code: ErrorCode, message: str) -> None:
-    with sm.begin() as session:
-        jobs.finish_job(session=session, job_id=job_id, status=JobStatus.failed, error_code=code,
-                        error_message=message, progress={"stage": "failed"}, worker_id=owner)
-
-
-def _train_and_register(sm: sessionmaker[Session], settings: Settings, job_id: uuid.UUID, owner: str,
-                        spec: TrainingSpec,
-                        dataset_sha256: str | None,
-                        checkpoint: CheckpointStore,
-                        pruner: SweepPruner | None = None) -> tuple[uuid.UUID, dict[str, Any]]:
-    # torch is imported here, inside the task process, never in the Celery parent (CUDA and fork don't mix).
-    import torch
-
-    # Each of the worker's WORKER_CONCURRENCY processes gets its share of the cores: oversubscribed threads
-    # made epochs several times slower on our 2-core machine.
-    torch.set_num_threads(settings.training_threads())
-
-    from worker.ml.export import ParityError, check_parity, export_onnx
-    from worker.ml.train import (
-        CudaUnavailable,
-        SpecDataMismatch,
-        TrainingCancelled,
-        TrainingDiverged,
-        resolve_device,
-        stratified_split,
-        train,
-    )
-
-    # data
-    texts, labels, test_texts, test_labels = _load_data(settings, spec)
-    label_names = sorted(set(labels))
-    index = {name: i for i, name in enumerate(label_names)}
-    try:
-        device = resolve_device(spec.device)
-    except CudaUnavailable:
-        raise JobFailed(ErrorCode.cuda_unavailable, "The spec asks for CUDA but this worker has no usable GPU.") \
-            from None
-    device_name = _describe(device, torch)
-    _write_progress(sm, job_id, owner, {"stage": "training", "total_epochs": spec.epochs}, device=device_name)
-
-    # train
-    last_write, epochs_written = 0.0, 0
-
-    def on_progress(progress: dict[str, Any]) -> None:
-        nonlocal last_write, epochs_written
-        history = progress.get("history") or []
-        now = time.monotonic()
-        if len(history) == epochs_written and now - last_write < PROGRESS_INTERVAL_S:
-            return
-        new_epoch = len(history) > epochs_written
-        last_write, epochs_written = now, len(history)
-        shown = {k: v for k, v in progress.items() if k != "history"}
-        if shown.get("percent", 0.0) >= AFTER_TRAINING_PERCENT:  # the steps are done, the job is not
-            shown.update(percent=AFTER_TRAINING_PERCENT, eta_seconds=None)
-        _write_progress(sm, job_id, owner, shown, history=history)
-        if new_epoch and pruner is not None:
-            pruner.after_epoch(history)  # after the write: siblings judge this child by the stored history
-
-    def should_stop() -> bool:
-        return (pruner is not None and pruner.reason is not None) or _cancel_requested(sm, job_id)
-
-    try:
-        result = train(spec, texts, labels, label_names=label_names, device=device, on_progress=on_progress,
-                       should_stop=should_stop, checkpoint=checkpoint)
-    except TrainingDiverged as exc:
-        raise JobFailed(ErrorCode.training_diverged,
-                        f"Training diverged: {exc}; lower the learning rate or clip gradients.") from None
-    except TrainingCancelled:
-        if pruner is not None and pruner.reason is not None:
-            raise JobPruned(pruner.reason) from None
-        raise JobCancelled() from None
-    except SpecDataMismatch as exc:
-        raise JobFailed(ErrorCode.spec_data_mismatch, str(exc)) from None
-
-    if result.metrics.get("resumed_from_epoch") is not None:
-        log.info("job %s: resumed from the checkpoint of epoch %s", job_id, result.metrics["resumed_from_epoch"])
-
-    # export: into a private folder first, renamed into place only once complete and checked. The folder is
-    # named for the job, so an attempt killed mid-export leaves debris the next attempt sweeps away.
-    _write_progress(sm, job_id, owner, {**_last_progress(result, spec), "stage": "exporting"})
-    model_id = uuid.uuid4()
-    final_dir = settings.models_dir / str(model_id)
-    work_dir = settings.models_dir / f".tmp-job-{job_id}"
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        export_onnx(result.model, work_dir / "model.onnx", vocab_size=result.encoder.vocab_size)
-        result.encoder.save(work_dir / "tokenizer.json")
-        (work_dir / "labels.json").write_text(json.dumps(label_names, ensure_ascii=False))
-        (work_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
-        val_idx = stratified_split([index[y] for y in labels], spec.validation_split, spec.seed)[1]
-        val_texts, val_y = [texts[i] for i in val_idx], [index[labels[i]] for i in val_idx]
-        try:
-            parity = check_parity(result.model, work_dir / "model.onnx", result.encoder, val_texts[:PARITY_SAMPLE])
-        except ParityError as exc:
-            raise JobFailed(ErrorCode.onnx_parity_failed, str(exc)) from None  # the message says what disagreed
-
-        # evaluate the exported model, i.e. exactly what will be served
-        _write_progress(sm, job_id, owner, {**_last_progress(result, spec), "stage": "evaluating"})
-        evaluation = _evaluate_exported(work_dir, label_names, (val_texts, val_y), (test_texts, test_labels))
-        metrics = {**_flat_metrics(result.metrics), "onnx_parity": parity, "device": device_name,
-                   "dataset_sha256": dataset_sha256, "seed": spec.seed,
-                   **_summary(evaluation["test"], "test")}
-        (work_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-        (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        os.replace(work_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-
-    if _cancel_requested(sm, job_id):  # cancelled during export: register nothing
-        shutil.rmtree(final_dir, ignore_errors=True)
-        raise JobCancelled()
-
-    # register: model row and job status in one transaction
-    artifacts = {p.name: p.stat().st_size for p in sorted(final_dir.iterdir())}
-    name = spec.name or f"model-{str(model_id)[:8]}"
-    try:
-        for attempt in range(REGISTER_ATTEMPTS):
-            try:
-                with sm.begin() as session:
-                    session.add(Model(id=model_id, name=name, version=registry.next_version(session=session, name=name),
-                                      job_id=job_id, dataset_id=spec.dataset_id, labels=label_names,
-                                      spec=spec.model_dump(mode="json"), metrics=metrics, artifacts=artifacts,
-                                      evaluation=evaluation, abstain_threshold=spec.abstain_threshold))
-                    session.flush()
-                    done = jobs.finish_job(session=session, job_id=job_id, status=JobStatus.succeeded,
-                                           metrics=metrics, model_id=model_id, worker_id=owner,
-                                           # the whole history: epoch-end writes lost to a database
-                                           # outage would otherwise leave it short
-                                           history=result.history,
-                                           progress={**_last_progress(result, spec), "stage": "done",
-                                                     "percent": 100.0, "eta_seconds": 0.0})
-                    if not done:
-                        raise JobFailed(ErrorCode.training_error,
-                                        "The job was changed by someone else while it trained.")
-                break
-            except IntegrityError:
-                # Another model of the same name took this version number at the same moment: count again.
-                if attempt == REGISTER_ATTEMPTS - 1:
-                    raise
-    except BaseException:
-        shutil.rmtree(final_dir, ignore_errors=True)
-        raise
-    return model_id, metrics
-
-
-def _write_progress(sm: sessionmaker[Session], job_id: uuid.UUID, owner: str, progress: dict[str, Any],
-                    history: list[dict[str, Any]] | None = None, device: str | None = None) -> None:
-    try:
-        with sm.begin() as session:
-            jobs.update_progress(session=session, job_id=job_id, progress=progress, history=history, device=device,
-                                 worker_id=owner)
-    except OperationalError:
-        # A database blip must not kill hours of training; the next write will carry the news.
-        log.warning("job %s: could not write progress (database unavailable)", job_id)
-
-
-def _last_progress(result, spec: TrainingSpec) -> dict[str, Any]:
+def _last_progress(result: TrainResult, spec: TrainingSpec) -> dict[str, Any]:
     """Progress once the steps are done: export and evaluation (seconds, longer than training for a small BiGRU)
     still lie ahead, so under 100 % and no ETA; registration writes 100 %."""
     epochs = len(result.history)
@@ -480,20 +511,23 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_data(settings: Settings, spec: TrainingSpec) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(texts, labels, test_texts, test_labels): the test set is a separate dataset, or a stratified share of
-    the training data held out here, so train() never sees it."""
+def _load_data(settings: Settings, spec: TrainingSpec) -> JobData:
+    """The job's rows. The test set is a separate dataset, or a stratified share of the training data held out
+    here, so train() never sees it."""
     from worker.ml.train import stratified_split  # torch: task process only
 
     texts, labels = _load_records(settings, spec.dataset_id)
+    test_texts: list[str] = []
+    test_labels: list[str] = []
     if spec.test_dataset_id is not None:
-        return (texts, labels, *_load_records(settings, spec.test_dataset_id))
-    if spec.test_split > 0:
+        test_texts, test_labels = _load_records(settings, spec.test_dataset_id)
+    elif spec.test_split > 0:
         index = {name: i for i, name in enumerate(sorted(set(labels)))}
         keep, held_out = stratified_split([index[y] for y in labels], spec.test_split, spec.seed + 1)
-        return ([texts[i] for i in keep], [labels[i] for i in keep],
-                [texts[i] for i in held_out], [labels[i] for i in held_out])
-    return texts, labels, [], []
+        test_texts, test_labels = [texts[i] for i in held_out], [labels[i] for i in held_out]
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    return JobData(texts=texts, labels=labels, test_texts=test_texts, test_labels=test_labels,
+                   label_names=sorted(set(labels)))
 
 
 def _evaluate_exported(model_dir: Path, label_names: list[str], validation: tuple[list[str], list[int]],

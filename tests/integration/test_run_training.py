@@ -13,7 +13,7 @@ from core.db.datasets import add_dataset
 from core.db.session import make_engine, make_sessionmaker
 from core.db.tables import Model
 from core.spec import TrainingSpec
-from tests.conftest import make_settings, tiny_dataset_csv
+from tests.helpers import make_settings, tiny_dataset_csv
 from worker.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

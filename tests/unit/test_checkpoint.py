@@ -121,20 +121,23 @@ def test_a_stop_signal_masked_by_a_library_error_still_stops_the_job_process(mon
     import uuid
 
     from core.spec import TrainingSpec
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
     from worker import training
 
     def interrupted(*_args, **_kwargs):
         try:
             raise SystemExit(-241)  # what billiard raises on SIGTERM
         except SystemExit:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 416896 vs 416800")
+            # implicitly chained, as the library's own cleanup raises it
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 416896 vs 416800")  # noqa: B904
 
-    monkeypatch.setattr(training, "_train_and_register", interrupted)
+    monkeypatch.setattr(training, "_train_export_register", interrupted)
     # No sessionmaker: marking the job failed would need one, so any attempt to do so fails this test.
+    run = training.JobRun(sessionmaker=None, settings=make_settings(tmp_path), job_id=uuid.uuid4(), owner="worker-1",
+                          spec=TrainingSpec(dataset_id=uuid.uuid4(), device="cpu"), dataset_sha256=None,
+                          checkpoint=None)
     with pytest.raises(SystemExit) as stopped:
-        training._run(None, make_settings(tmp_path), uuid.uuid4(), "worker-1",
-                      TrainingSpec(dataset_id=uuid.uuid4(), device="cpu"), None, None)
+        training._run(run)
     assert stopped.value.code == -241
 
     plain = RuntimeError("a real bug")
@@ -143,6 +146,6 @@ def test_a_stop_signal_masked_by_a_library_error_still_stops_the_job_process(mon
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:
-            raise ValueError("cleanup failed")
+            raise ValueError("cleanup failed")  # noqa: B904 (implicit chaining is the point)
     except ValueError as masked:
         assert isinstance(training.interrupt_behind(masked), KeyboardInterrupt)

@@ -57,7 +57,8 @@ def test_the_member_is_the_model_scikit_learn_fits_on_tfidf_features():
     # The same features built by scikit-learn: words and hashed bigrams as tokens, smoothed idf, L2 rows.
     def analyse(text: str) -> list[str]:
         row = encoder.tokenizer.encode(text, add_special_tokens=False).ids
-        return [f"w{i}" for i in row] + [f"b{(a * BIGRAM_PRIME + b) % spec.bigram_buckets}" for a, b in zip(row, row[1:])]
+        bigrams = [f"b{(a * BIGRAM_PRIME + b) % spec.bigram_buckets}" for a, b in zip(row, row[1:])]
+        return [f"w{i}" for i in row] + bigrams
 
     # min_df applies to words too in scikit-learn: every word occurs in many texts, so only bigrams are cut.
     words_df = np.asarray((ngram_counts(ids, mask, vocab_size=encoder.vocab_size, buckets=1_024)[

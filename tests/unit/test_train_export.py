@@ -155,7 +155,8 @@ def test_fast_preset_trains_exports_and_serves(tmp_path):
     assert [p["label"] for p in OnnxPredictor(model_dir).predict(texts)] == labels
 
 
-@pytest.mark.parametrize("fields", [{}, {"filter_sizes": [2, 7], "batch_norm": True}, {"filter_sizes": [1], "wide": True}])
+@pytest.mark.parametrize("fields", [{}, {"filter_sizes": [2, 7], "batch_norm": True},
+                                    {"filter_sizes": [1], "wide": True}])
 def test_merged_textcnn_computes_what_the_textcnn_does(fields):
     torch.manual_seed(0)
     cnn = build_model(ModelSpec(embedding_dim=16, num_filters=8, **fields), vocab_size=50, num_classes=3).eval()
@@ -335,6 +336,18 @@ def test_stratified_split():
 def test_stratified_split_keeps_one_validation_example():
     train_idx, val_idx = stratified_split([0, 0, 1, 1], 0.1, seed=0)
     assert len(val_idx) == 1 and len(train_idx) == 3
+
+
+def test_the_result_carries_the_validation_rows_the_model_was_selected_on(learned):
+    """The worker checks parity and evaluates on these rows: they must be train()'s own validation split."""
+    result, _, _, spec = learned
+    _, val_idx = stratified_split([LABELS.index(y) for y in Y], spec.validation_split, spec.seed)
+    assert result.val_texts == [TEXTS[i] for i in val_idx]
+    assert result.val_y == [LABELS.index(Y[i]) for i in val_idx]
+    assert len(result.val_texts) == result.metrics["val_examples"]
+    # The selection scores are the model's on exactly these rows.
+    proba = predict_proba(result.model, result.encoder, result.val_texts, CPU)
+    assert float((proba.argmax(axis=1) == np.asarray(result.val_y)).mean()) == result.metrics["accuracy"]
 
 
 def test_no_weight_decay_on_biases_and_norms():

@@ -70,5 +70,5 @@ class CheckpointStore:
         return state
 
     def clear(self) -> None:
-        """Remove the checkpoint once the job has ended (succeeded, failed or cancelled)."""
+        """Remove the checkpoint once the job has ended (in one of core.spec.TERMINAL_STATUSES)."""
         shutil.rmtree(self.folder, ignore_errors=True)

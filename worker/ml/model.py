@@ -20,8 +20,8 @@ from core.spec import ModelSpec
 # so distinct pairs collide only through the final modulo. int64 holds 500_000 * 1_000_003 + 500_000 easily.
 BIGRAM_PRIME = 1_000_003
 # TextCNN embedding init range. nn.Embedding's N(0, 1) default dwarfs what Adam's ~1e-3 steps move in a few
-# epochs, so random directions dominate the features: default spec on TREC scored 84.2% with N(0, 1) and
-# 88-90% with U(-a, a) for a in 0.02..0.1 (Kim's CNN-rand used 0.25, which scored 88.2% here).
+# epochs, so random directions dominate the features; a small uniform range scored clearly better on TREC, and
+# a little better than Kim's CNN-rand range of 0.25 (bench/README.md).
 TEXTCNN_INIT = 0.1
 # BiGRU embedding init: the same small uniform range as TextCNN, for the same reason.
 BIGRU_INIT = TEXTCNN_INIT
@@ -70,9 +70,9 @@ class TextCNN(nn.Module):
 
     Each width keeps its own Conv1d parameters (what Kim trained, and what a checkpoint holds), but forward runs
     them as one matrix product over the text's windows of max-width tokens, each narrower kernel zero-padded to
-    that width (im2col). On our 2-core CPU a training step (forward and backward, batch 32, 12 tokens, 128-d
-    embeddings, 3 x 100 maps) took 4.8 ms this way against 6.5 ms as three Conv1d calls, whose per-call overhead
-    dominates such short texts (2026-12-02). The exported graph does the same with one Conv (MergedTextCNN).
+    that width (im2col): a faster training step on our CPU than one Conv1d call per width, whose per-call
+    overhead dominates such short texts (bench/README.md). The exported graph does the same with one Conv
+    (MergedTextCNN).
     """
 
     def __init__(self, spec: ModelSpec, vocab_size: int, num_classes: int) -> None:
@@ -133,9 +133,8 @@ class MergedTextCNN(nn.Module):
     (per channel: its own width's valid positions) replaces the per-width masking.
 
     The outputs equal TextCNN's up to float summation order; check_parity compares the export against the
-    TextCNN itself. Training keeps separate convolutions, whose zero taps would otherwise learn. For widths 3/4/5
-    the exported graph has 20 nodes instead of 48, and onnxruntime scores one TREC question in 0.076 ms instead
-    of 0.093 ms (one thread, 2026-12-01): per-node overhead dominates a short text's cost.
+    TextCNN itself. Training keeps separate convolutions, whose zero taps would otherwise learn. The merged graph
+    has far fewer nodes, and per-node overhead dominates a short text's serving cost (bench/README.md).
     """
 
     def __init__(self, cnn: TextCNN) -> None:
@@ -172,7 +171,7 @@ class FastText(nn.Module):
         self.buckets = spec.ngram_buckets
         self.embedding = nn.Embedding(vocab_size, spec.embedding_dim, padding_idx=PAD_ID)
         self.bigrams = nn.Embedding(spec.ngram_buckets, spec.embedding_dim)
-        # fastText's own init, U(-1/dim, 1/dim): with N(0, 1) the default spec scored 66% on TREC, with this 80%.
+        # fastText's own init, U(-1/dim, 1/dim): N(0, 1) scored far lower on TREC (bench/README.md).
         for table in (self.embedding, self.bigrams):
             _init_embedding(table, 1.0 / spec.embedding_dim)
         self.norm = nn.BatchNorm1d(spec.embedding_dim) if spec.batch_norm else nn.Identity()

@@ -4,7 +4,7 @@ The features are what TfidfLinear computes in the exported graph: the tokenizer'
 hashed exactly as the graph hashes them, each occurrence weighted by its smoothed idf, the row divided by the
 square root of its occurrences' summed idf^2. L-BFGS fits the weights on the whole training split to the
 regularised optimum, which is what makes this model as strong as the TF-IDF + logistic regression peer: trained
-by minibatch steps inside the network (ModelSpec.wide), the same linear view scored 1-2 points lower.
+by minibatch steps inside the network (ModelSpec.wide), the same linear view scored lower (bench/README.md).
 """
 
 from __future__ import annotations
@@ -19,14 +19,11 @@ import torch.nn.functional as F
 from core.spec import TfidfSpec
 from worker.ml.model import TfidfLinear, _bigram_ids
 
-# L-BFGS iterations, scikit-learn's default (its own fit of these features converged in 86 on TREC, 50 on
-# BANKING77). Where ours stops at the cap, the fit is still as good on test data: TREC 90.2 and BANKING77 88.8
-# for this member alone, against 89.8 and 88.8 for scikit-learn's converged fit (2026-12-01).
+# L-BFGS iterations, scikit-learn's default, within which its own fit of these features converges. Where ours
+# stops at the cap, the fit is still as good on test data as scikit-learn's converged one (bench/README.md).
 MAX_ITER = 100
-# A bigram becomes a feature once it occurs in 2 training texts. Once-seen bigrams are most of them (BANKING77:
-# 10k of 21k features) and barely move the blend: over TREC, SST-2, MR and BANKING77 dropping them changed test
-# accuracy by -0.3 to +0.3 points and halved the fit (BANKING77's 77 classes, scikit-learn's L-BFGS-B: 16.6 s ->
-# 7.4 s; 2026-12-01).
+# A bigram becomes a feature once it occurs in 2 training texts. Once-seen bigrams are about half the features
+# and barely move the blend's test accuracy, while dropping them halves the fit (bench/README.md).
 BIGRAM_MIN_DF = 2
 # At most this many weights (features x classes). L-BFGS keeps 10 pairs of gradient-sized vectors in float32 and
 # the loss works on float64 copies, so 2M weights cost about 200 MB while fitting, and the exported model 8 MB.
@@ -72,13 +69,11 @@ def fit_logistic_regression(
     divided by C * N, by torch's L-BFGS on a loss and gradient computed by hand around two sparse products.
 
     scikit-learn's own fit (L-BFGS-B) found the same optimum as closely as test accuracy can tell, but its bounded
-    variant's per-iteration work grows with classes x features: 7.3 s on BANKING77 (77 classes x 11k features).
-    torch's autograd through a sparse COO product took 9.7 s on SST-2 GLUE's 67k texts; scipy's products (one
-    core) 5.9 s on BANKING77. The loss and gradient are computed in float64: with float32 products the line
-    search stalled on TREC (validation accuracy 83.5 against 86.8; 2026-12-01). The weights, and L-BFGS's
-    history of them, are float32: its vector updates read that history many times per iteration and were most
-    of the fit's time (BANKING77: 5.9 s with them in float64, 4.7 s so, and the same test accuracy on TREC,
-    SST-2, MR and BANKING77 within 0.2 points; 2026-12-02).
+    variant's per-iteration work grows with classes x features; torch's autograd through a sparse COO product,
+    and scipy's single-core products, were slower as well. The loss and gradient are computed in float64: with
+    float32 products the line search stalled. The weights, and L-BFGS's history of them, are float32: its vector
+    updates read that history many times per iteration and were most of the fit's time, and float32 there cost
+    no accuracy. The timings and scores behind each choice: bench/README.md.
     """
     features_csr, transposed = _csr(x), _csr(sp.csr_matrix(x).T)  # X @ W, and X^T @ G for the gradient
     n, features = x.shape

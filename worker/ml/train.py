@@ -12,21 +12,22 @@ import platform
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import numpy as np
 import torch
 
-# torch's optimizers import torch._dynamo on first use (1.5 s). Imported here, that cost falls at import time,
-# which the Celery parent pays once for all jobs (worker/celery_app.py), not inside a job's train().
+# torch's optimizers import torch._dynamo on first use, which is slow (bench/README.md). Imported here, the
+# cost falls at import time, which the Celery parent pays once for all jobs (worker/celery_app.py).
 import torch._dynamo  # noqa: F401
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from core.ml.tokenizer import PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
-from core.spec import AugmentSpec, OptimizerSpec, SchedulerSpec, TrainingSpec
+from core.spec import AugmentSpec, OptimizerSpec, SchedulerSpec, TfidfSpec, TrainingSpec
 from worker.ml.checkpoint import CheckpointStore
 from worker.ml.model import Blend, build_model
 from worker.ml.tfidf import fit_tfidf
@@ -52,8 +53,8 @@ class TrainingDiverged(Exception):
 # A run has diverged once its mean training loss is non-finite or above this many times ln(classes): the loss of
 # predicting every class equally likely, which is about where a freshly initialised model starts. Nothing that
 # learns gets near it (that is a mean probability of e^-69 for the right class, with two classes); optimizers
-# blown up by a learning rate of 10 without clipping reached 1e7 in their first epoch, and SGD's models would
-# otherwise register at chance accuracy.
+# blown up by a learning rate of 10 without clipping pass it within their first epoch (bench/README.md), and
+# SGD's models would otherwise register at chance accuracy.
 DIVERGENCE_FACTOR = 100.0
 
 
@@ -85,6 +86,10 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
     device: str = "cpu"
     provenance: dict = field(default_factory=dict)
+    # The validation rows the model was selected on, in split order: the texts and their class indices (into
+    # label_names). The caller checks parity and evaluates on exactly these, never on a split of its own.
+    val_texts: list[str] = field(default_factory=list)
+    val_y: list[int] = field(default_factory=list)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -165,8 +170,7 @@ def epoch_batches(
 
     With `bucket`, each run of BUCKET_BATCHES batches' worth of rows is sorted by length before it is cut into
     batches, and the batches are then shuffled: a batch is padded to its longest text, and random batches of
-    short, varied texts are mostly padding (3.4x the real tokens on SST-2 GLUE's phrases, 2x on TREC). The
-    batch count is the same either way.
+    short, varied texts are mostly padding (bench/README.md). The batch count is the same either way.
     """
     if not bucket:
         return _batches(order, batch_size, merge_single=merge_single)
@@ -248,6 +252,72 @@ def _to_device(x: np.ndarray, m: np.ndarray, device: torch.device) -> tuple[torc
     return x, m
 
 
+@dataclass
+class Encoded:
+    """One side of the validation split, tokenised: ids and mask [N, T], real tokens per row [N], classes [N]."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def of(cls, encoder: TextEncoder, texts: Sequence[str], y: np.ndarray) -> Encoded:
+        ids, mask = encoder.encode(texts)
+        return cls(ids=ids, mask=mask, lengths=mask.sum(axis=1), y=y)
+
+
+@dataclass
+class TrainData:
+    """What train() trains and validates on. The validation split is made here, once: the loop, the TF-IDF blend
+    and (through TrainResult) the caller's parity check and evaluation all use these same rows."""
+
+    encoder: TextEncoder
+    train: Encoded
+    val: Encoded
+    val_texts: list[str]
+    class_weights: np.ndarray | None  # per-class loss weights from the spec; None: all equal
+
+
+def _prepare_data(spec: TrainingSpec, texts: Sequence[str], labels: Sequence[str], *, label_names: list[str],
+                  saved: dict | None) -> TrainData:
+    """Check the labels, hold out the validation split (stratified, seeded), fit the tokenizer on the training
+    split (or take the checkpoint's) and encode both sides. Raises SpecDataMismatch for the spec's class weights."""
+    class_of = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted({str(lab) for lab in labels if lab not in class_of})
+    if unknown:
+        raise ValueError(f"labels not in label_names: {unknown[:5]}")
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    y = np.array([class_of[lab] for lab in labels], dtype=np.int64)
+    train_idx, val_idx = stratified_split(y, spec.validation_split, spec.seed)
+    weights = class_weight_vector(spec.class_weights, label_names, y[train_idx])
+    train_texts, val_texts = [texts[i] for i in train_idx], [texts[i] for i in val_idx]
+    # The vocabulary comes from the training split only, so validation words unseen in training map to [UNK]
+    # exactly as they would at serving time.
+    if saved is None:
+        encoder = TextEncoder(fit_tokenizer(train_texts, spec.tokenizer), spec.tokenizer.max_length)
+    else:  # the very vocabulary the checkpointed weights were trained with
+        encoder = TextEncoder.from_json(saved["tokenizer"], spec.tokenizer.max_length)
+    return TrainData(encoder=encoder, train=Encoded.of(encoder, train_texts, y[train_idx]),
+                     val=Encoded.of(encoder, val_texts, y[val_idx]), val_texts=val_texts, class_weights=weights)
+
+
+# -----------------------------------------------------------------------------
+# model
+
+
+def _autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """The autocast context the forward passes run under on `device`."""
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def autocast() -> contextlib.AbstractContextManager:
+        # bf16 keeps fp32's exponent range, so no loss scaling is needed; CPU stays in fp32.
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    return autocast
+
+
 # -----------------------------------------------------------------------------
 # optimizer
 
@@ -269,9 +339,8 @@ def build_optimizer(params_model: nn.Module, spec: OptimizerSpec) -> torch.optim
             return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum)
         case "nesterov":
             return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=True)
-        # fused: one kernel per parameter instead of a dozen elementwise passes. On our 2-core CPU the Adam step
-        # over a 13k x 128 embedding took 8.3 ms single-tensor, 3.1 ms foreach and 0.9 ms fused, a fifth of
-        # each SST-2 epoch's time before.
+        # fused: one kernel per parameter instead of a dozen elementwise passes, by far the fastest Adam step on
+        # our CPU (bench/README.md).
         case "adam":
             return torch.optim.Adam(groups, lr=lr, betas=spec.betas, eps=eps, fused=True)
         case "adamw":
@@ -446,8 +515,93 @@ def predict_proba(
     return torch.cat(out).numpy()
 
 
+def blend_tfidf(network: nn.Module, spec: TfidfSpec, data: TrainData, *, num_classes: int,
+                network_scores: dict) -> tuple[nn.Module, dict, dict]:
+    """Fit the TF-IDF member on the training split and blend it with `network` (CPU, eval mode).
+
+    Returns the blend, its validation scores (what is exported and served is the blend, so its scores are the
+    model's), and each member's own validation scores with the fit's time, for the metrics.
+    """
+    train, val = data.train, data.val
+    fit_start = time.monotonic()
+    linear = fit_tfidf(spec, train.ids, train.mask, train.y, vocab_size=data.encoder.vocab_size,
+                       num_classes=num_classes, class_weight=data.class_weights)
+    fit_seconds = round(time.monotonic() - fit_start, 3)
+    with torch.no_grad():
+        alone = evaluate_logits(linear(torch.from_numpy(val.ids), torch.from_numpy(val.mask).float()).numpy(), val.y)
+    members = {"network_val_accuracy": network_scores["accuracy"], "network_val_macro_f1": network_scores["macro_f1"],
+               "tfidf_val_accuracy": alone["accuracy"], "tfidf_val_macro_f1": alone["macro_f1"],
+               "tfidf_fit_seconds": fit_seconds}
+    blend = Blend(network, linear, spec.weight).eval()
+    scores = evaluate_logits(_predict_logits(blend, val.ids, val.mask, val.lengths, data.encoder.min_length,
+                                             torch.device("cpu"), contextlib.nullcontext), val.y)
+    return blend, scores, members
+
+
 # -----------------------------------------------------------------------------
 # loop
+
+
+@dataclass
+class LoopState:
+    """The training loop's own variables: what a resumed run needs, besides the model, optimizer, scheduler,
+    random streams and tokenizer, to continue exactly where its checkpoint left off.
+
+    Saved to the checkpoint and restored from it field by field, under the fields' names (dataclasses.fields),
+    so a new loop variable is one new field with a default here and nothing else.
+    """
+
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch
+    step: int = 0  # optimizer steps taken
+    best_value: float | None = None  # the selection metric at the best epoch
+    best_state: dict | None = None  # the model's weights at the best epoch, on the CPU
+    best_epoch: int = 0
+    best: dict = field(default_factory=dict)  # validation scores at the best epoch
+    final: dict = field(default_factory=dict)  # validation scores at the last epoch
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+    done: bool = False  # stopped (last epoch, step budget or early stopping): a resumed run trains no more
+    elapsed_seconds: float = 0.0  # time trained so far, so a resumed run's clock and ETA continue from it
+
+    def save(self) -> dict[str, Any]:
+        """The checkpoint entries for this state: one per field, under the field's name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def restore(cls, saved: dict[str, Any]) -> LoopState:
+        """The state in a checkpoint dict (its other entries, such as the model's weights, are not read)."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which validation score picks the best epoch (spec.early_stopping.metric, else macro-F1) and when a run
+    stops early: "improved" means better than the best so far by more than min_delta."""
+
+    metric: str  # the history's name for it: val_macro_f1, val_accuracy or val_loss
+    min_delta: float = 0.0
+    patience: int | None = None  # None: no early stopping
+
+    @classmethod
+    def of(cls, spec: TrainingSpec) -> Selection:
+        stopping = spec.early_stopping
+        if stopping is None:
+            return cls("val_macro_f1")
+        return cls(stopping.metric, stopping.min_delta, stopping.patience)
+
+    @property
+    def key(self) -> str:
+        return self.metric.removeprefix("val_")  # evaluate_logits' name for it
+
+    def improved(self, scores: dict, state: LoopState) -> bool:
+        """Whether this epoch's validation `scores` beat the best epoch in `state`."""
+        sign = -1.0 if self.key == "loss" else 1.0  # loss: lower is better
+        # Better by more than min_delta, or an exact tie of the metric at a lower validation loss: accuracy and
+        # F1 move in steps, and once a small validation set is all right, the earliest such epoch is the
+        # least trained one (a toy set kept epoch 1, at 0.5/0.5 scores, for that reason).
+        value, best = scores[self.key], state.best_value
+        tie = best is not None and value == best and scores["loss"] < state.best["loss"]
+        return best is None or sign * (value - best) > self.min_delta or tie
 
 
 def _rng_state(generator: torch.Generator, augment_rng: np.random.Generator, device: torch.device) -> dict:
@@ -469,6 +623,197 @@ def _set_rng_state(state: dict, generator: torch.Generator, augment_rng: np.rand
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class _Loop:
+    """The epochs of one run: the model and what trains it, the data, and the LoopState they advance.
+
+    A checkpoint is the LoopState's entries plus the tokenizer, the random streams and each part with a
+    state_dict (`parts`), all under the keys they have always had, so older checkpoints still load.
+    """
+
+    def __init__(self, spec: TrainingSpec, data: TrainData, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 schedule: Schedule, *, device: torch.device, num_classes: int, total_steps: int, t0: float,
+                 on_progress: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None,
+                 checkpoint: CheckpointStore | None) -> None:
+        self.spec, self.data, self.model, self.optimizer, self.schedule = spec, data, model, optimizer, schedule
+        self.device, self.num_classes, self.total_steps, self.t0 = device, num_classes, total_steps, t0
+        self.on_progress, self.should_stop, self.checkpoint = on_progress, should_stop, checkpoint
+        self.state = LoopState()
+        self.selection = Selection.of(spec)
+        self.autocast = _autocast_for(device)
+        self.generator = torch.Generator().manual_seed(spec.seed)  # shuffling independent of model-init draws
+        # Its own stream, so turning augmentation on changes neither the shuffling nor the initialisation.
+        self.augment_rng = np.random.default_rng(spec.seed)
+        self.y_train = torch.from_numpy(data.train.y)
+        weights = data.class_weights
+        self.class_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+        self.sparse = _sparse_embeddings(model, spec.optimizer)
+        # Adagrad builds sparse tensors from the gradient's own (valid) indices; saying so explicitly skips the
+        # per-step invariant checks and torch's warning that they were skipped implicitly.
+        self.sparse_checks = (torch.sparse.check_sparse_tensor_invariants(enable=False) if self.sparse
+                              else contextlib.nullcontext())
+        self.last_progress = self.last_cancel_check = time.monotonic()
+
+    # checkpoint
+
+    def parts(self) -> dict[str, Any]:
+        """The objects that save their own state (state_dict / load_state_dict), by checkpoint key."""
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.schedule.scheduler}
+
+    def save(self) -> None:
+        self.state.elapsed_seconds = time.monotonic() - self.t0
+        self.checkpoint.save({
+            "tokenizer": self.data.encoder.to_json(),
+            **{key: part.state_dict() for key, part in self.parts().items()},
+            "rng": _rng_state(self.generator, self.augment_rng, self.device),
+            **self.state.save(),
+        })
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint (its tokenizer is already the data's: see _prepare_data)."""
+        for key, part in self.parts().items():
+            part.load_state_dict(saved[key])
+        _set_rng_state(saved["rng"], self.generator, self.augment_rng, self.device)
+        self.state = LoopState.restore(saved)
+        self.t0 -= self.state.elapsed_seconds
+
+    # progress and stopping
+
+    def report(self, epoch: int) -> None:
+        if self.on_progress is None:
+            return
+        step, total_steps = self.state.step, self.total_steps
+        elapsed = time.monotonic() - self.t0
+        self.on_progress({
+            "stage": "training", "epoch": epoch, "total_epochs": self.spec.epochs,
+            "step": step, "total_steps": total_steps,
+            "percent": round(100.0 * step / total_steps, 2),
+            "eta_seconds": round(elapsed / step * (total_steps - step), 1) if step else None,
+            "history": list(self.state.history),
+        })
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise TrainingCancelled("training was cancelled")
+
+    # epochs
+
+    def run(self) -> None:
+        """Train until the last epoch, the step budget or early stopping; a restored run continues after its last
+        checkpointed epoch, and one that had already stopped goes straight to the end."""
+        first_epoch = self.spec.epochs + 1 if self.state.done else len(self.state.history) + 1
+        self.last_progress = self.last_cancel_check = time.monotonic()
+        self.check_stop()
+        for table in self.sparse:
+            table.sparse = True
+        try:
+            for epoch in range(first_epoch, self.spec.epochs + 1):
+                started = time.monotonic()
+                trained = self.train_epoch(epoch)
+                self.end_epoch(epoch, started, trained)
+                if self.state.done:
+                    break
+        finally:
+            for table in self.sparse:
+                table.sparse = False  # inference and export want the plain embedding op
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the shuffled training rows (or what the step budget leaves of it): the epoch's
+        train_loss, train_accuracy and the learning rate of its last step."""
+        spec, train = self.spec, self.data.train
+        self.model.train()
+        # Sum of per-batch losses kept on the device: reading it every step would sync the GPU every step.
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, lr = 0, self.optimizer.param_groups[0]["lr"]
+        order = torch.randperm(len(train.y), generator=self.generator)
+        for rows in epoch_batches(order, train.lengths, spec.batch_size, merge_single=spec.model.batch_norm,
+                                  bucket=spec.bucket_by_length, generator=self.generator):
+            loss, logits, target, lr = self.train_step(rows)
+            loss_sum += loss.detach() * len(rows)
+            # Accuracy on the (augmented, dropout-on) training batches as trained: cheap, and enough to
+            # show over- or under-fitting next to validation accuracy on the learning curves.
+            correct += (logits.detach().argmax(dim=-1) == target).sum()
+            seen += len(rows)
+            self.state.step += 1
+
+            now = time.monotonic()
+            if now - self.last_cancel_check >= CANCEL_CHECK_EVERY_S:
+                self.last_cancel_check = now
+                self.check_stop()
+            if now - self.last_progress >= PROGRESS_EVERY_S:
+                self.last_progress = now
+                # the .item() this check needs is the progress report's sync point anyway
+                check_divergence(loss_sum.item() / seen, self.num_classes,
+                                 f"at step {self.state.step} (epoch {epoch})")
+                self.report(epoch)
+            if self.state.step >= self.total_steps:
+                break
+        train_loss = loss_sum.item() / max(seen, 1)
+        check_divergence(train_loss, self.num_classes, f"in epoch {epoch}")
+        return {"train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1), "lr": lr}
+
+    def train_step(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """One optimizer step on training rows `rows`: (loss, logits, target, the learning rate it used)."""
+        spec, train, model = self.spec, self.data.train, self.model
+        x_np, m_np = _rows(train.ids, train.mask, train.lengths, rows.numpy(), self.data.encoder.min_length)
+        if spec.augment is not None:
+            x_np, m_np = augment_batch(x_np, m_np, spec.augment, self.augment_rng)
+        x, m = _to_device(x_np, m_np, self.device)
+        target = self.y_train[rows].to(self.device, non_blocking=True)
+        with self.autocast():
+            logits = model(x, m)
+        loss = F.cross_entropy(logits.float(), target, weight=self.class_weight,
+                               label_smoothing=spec.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec.grad_clip is not None:
+            clip_grad_norm(model.parameters(), spec.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, recorded per epoch
+        with self.sparse_checks:
+            self.optimizer.step()
+        if spec.model.max_norm is not None:
+            with torch.no_grad():  # Kim (2014): rescale any output weight row longer than max_norm
+                model.head.weight.copy_(torch.renorm(model.head.weight, 2, 0, spec.model.max_norm))
+        self.schedule.step_batch()
+        return loss, logits, target, lr
+
+    def end_epoch(self, epoch: int, started: float, trained: dict[str, float]) -> None:
+        """Validate, record the epoch, keep the best weights, decide whether to stop, checkpoint, report."""
+        state, val = self.state, self.data.val
+        scores = evaluate_logits(_predict_logits(self.model, val.ids, val.mask, val.lengths,
+                                                 self.data.encoder.min_length, self.device, self.autocast), val.y)
+        if not math.isfinite(scores["loss"]):
+            raise TrainingDiverged(f"validation loss is {scores['loss']} in epoch {epoch}")
+        self.schedule.step_epoch(scores["loss"])
+        state.final = scores
+        state.history.append({
+            "epoch": epoch, "train_loss": trained["train_loss"], "train_accuracy": trained["train_accuracy"],
+            "val_loss": scores["loss"], "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"],
+            "lr": trained["lr"], "seconds": round(time.monotonic() - started, 3),
+        })
+        if self.selection.improved(scores, state):
+            state.best_value, state.best_epoch, state.epochs_since_best = scores[self.selection.key], epoch, 0
+            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            state.best = dict(scores)
+        else:
+            state.epochs_since_best += 1
+        budget_spent = state.step >= self.total_steps
+        patience = self.selection.patience
+        state.stopped_early = not budget_spent and patience is not None and state.epochs_since_best > patience
+        state.done = budget_spent or state.stopped_early or epoch == self.spec.epochs
+        if self.checkpoint is not None:
+            # Saved before progress is reported, so the history the job shows is never ahead of what a
+            # resumed run would restore.
+            self.save()
+        self.last_progress = time.monotonic()
+        self.report(epoch)
+        self.check_stop()
+
+
+# -----------------------------------------------------------------------------
+# train
+
+
 def train(
     spec: TrainingSpec,
     texts: Sequence[str],
@@ -484,237 +829,58 @@ def train(
 
     The selection metric is spec.early_stopping.metric, else validation macro-F1. Raises SpecDataMismatch when
     the spec names something the data lacks, before any training. With a `checkpoint` store, the state is
-    saved after every epoch, and a run that finds a checkpoint there continues from it.
+    saved after every epoch, and a run that finds a checkpoint there continues from it. The result carries the
+    validation rows it was selected on, for the caller's parity check and evaluation.
     """
     t0 = time.monotonic()
-    resumed = checkpoint.load() if checkpoint is not None else None
+    saved = checkpoint.load() if checkpoint is not None else None
     random.seed(spec.seed)
     np.random.seed(spec.seed)
     torch.manual_seed(spec.seed)
 
     # data
-    class_of = {name: i for i, name in enumerate(label_names)}
-    unknown = sorted({str(lab) for lab in labels if lab not in class_of})
-    if unknown:
-        raise ValueError(f"labels not in label_names: {unknown[:5]}")
-    if len(texts) != len(labels):
-        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-    y = np.array([class_of[lab] for lab in labels], dtype=np.int64)
-    train_idx, val_idx = stratified_split(y, spec.validation_split, spec.seed)
-    weights = class_weight_vector(spec.class_weights, label_names, y[train_idx])
-    train_texts = [texts[i] for i in train_idx]
-    # The vocabulary comes from the training split only, so validation words unseen in training map to [UNK]
-    # exactly as they would at serving time.
-    if resumed is None:
-        encoder = TextEncoder(fit_tokenizer(train_texts, spec.tokenizer), spec.tokenizer.max_length)
-    else:  # the very vocabulary the checkpointed weights were trained with
-        encoder = TextEncoder.from_json(resumed["tokenizer"], spec.tokenizer.max_length)
-    tr_ids, tr_mask = encoder.encode(train_texts)
-    va_ids, va_mask = encoder.encode([texts[i] for i in val_idx])
-    tr_len, va_len = tr_mask.sum(axis=1), va_mask.sum(axis=1)
-    y_train, y_val = torch.from_numpy(y[train_idx]), y[val_idx]
-    min_len = encoder.min_length
-    # Its own stream, so turning augmentation on changes neither the shuffling nor the initialisation.
-    augment_rng = np.random.default_rng(spec.seed)
+    data = _prepare_data(spec, texts, labels, label_names=label_names, saved=saved)
 
     # model
-    model = build_model(spec.model, vocab_size=encoder.vocab_size, num_classes=len(label_names)).to(device)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-    def autocast() -> contextlib.AbstractContextManager:
-        # bf16 keeps fp32's exponent range, so no loss scaling is needed; CPU stays in fp32.
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    model = build_model(spec.model, vocab_size=data.encoder.vocab_size, num_classes=len(label_names)).to(device)
 
     # optimizer
-    merge_single = spec.model.batch_norm
-    steps_per_epoch = len(_batches(torch.arange(len(train_idx)), spec.batch_size, merge_single=merge_single))
+    steps_per_epoch = len(_batches(torch.arange(len(data.train.y)), spec.batch_size,
+                                   merge_single=spec.model.batch_norm))
     total_steps = spec.epochs * steps_per_epoch
     if spec.max_steps is not None:
         total_steps = min(total_steps, spec.max_steps)
     optimizer = build_optimizer(model, spec.optimizer)
     schedule = build_scheduler(optimizer, spec.scheduler, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    generator = torch.Generator().manual_seed(spec.seed)  # shuffling independent of model-init draws
-    class_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
-    sparse = _sparse_embeddings(model, spec.optimizer)
-    # Adagrad builds sparse tensors from the gradient's own (valid) indices; saying so explicitly skips the
-    # per-step invariant checks and torch's warning that they were skipped implicitly.
-    sparse_checks = (torch.sparse.check_sparse_tensor_invariants(enable=False) if sparse
-                     else contextlib.nullcontext())
-
-    # selection and early stopping: "improved" means better than the best so far by more than min_delta
-    stopping = spec.early_stopping
-    select = stopping.metric if stopping is not None else "val_macro_f1"
-    key = select.removeprefix("val_")  # evaluate_logits' name for it
-    sign = -1.0 if key == "loss" else 1.0  # loss: lower is better
-    min_delta = stopping.min_delta if stopping is not None else 0.0
 
     # loop
-    history: list[dict] = []
-    best_value, best_state, best_epoch, best, final = None, None, 0, {}, {}
-    epochs_since_best, stopped_early = 0, False
-    step = 0
-    first_epoch = 1
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        schedule.scheduler.load_state_dict(resumed["scheduler"])
-        _set_rng_state(resumed["rng"], generator, augment_rng, device)
-        history, step = list(resumed["history"]), int(resumed["step"])
-        best_value, best_state, best_epoch = resumed["best_value"], resumed["best_state"], int(resumed["best_epoch"])
-        best, final = dict(resumed["best"]), dict(resumed["final"])
-        epochs_since_best, stopped_early = int(resumed["epochs_since_best"]), bool(resumed["stopped_early"])
-        # A run that had already stopped (last epoch, step budget, early stopping) goes straight to the end.
-        first_epoch = spec.epochs + 1 if resumed["done"] else len(history) + 1
-        t0 -= float(resumed["elapsed_seconds"])
-    resumed_from_epoch = len(history) if resumed is not None else None
-    last_progress = last_cancel_check = time.monotonic()
+    loop = _Loop(spec, data, model, optimizer, schedule, device=device, num_classes=len(label_names),
+                 total_steps=total_steps, t0=t0, on_progress=on_progress, should_stop=should_stop,
+                 checkpoint=checkpoint)
+    if saved is not None:
+        loop.restore(saved)
+    resumed_from_epoch = len(loop.state.history) if saved is not None else None
+    loop.run()
+    state = loop.state
 
-    def progress(epoch: int) -> None:
-        if on_progress is None:
-            return
-        elapsed = time.monotonic() - t0
-        on_progress({
-            "stage": "training", "epoch": epoch, "total_epochs": spec.epochs,
-            "step": step, "total_steps": total_steps,
-            "percent": round(100.0 * step / total_steps, 2),
-            "eta_seconds": round(elapsed / step * (total_steps - step), 1) if step else None,
-            "history": list(history),
-        })
-
-    def check_stop() -> None:
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled("training was cancelled")
-
-    check_stop()
-    for table in sparse:
-        table.sparse = True
-    try:
-        for epoch in range(first_epoch, spec.epochs + 1):
-            epoch_start = time.monotonic()
-            model.train()
-            # Sum of per-batch losses kept on the device: reading it every step would sync the GPU every step.
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            order = torch.randperm(len(train_idx), generator=generator)
-            for rows in epoch_batches(order, tr_len, spec.batch_size, merge_single=merge_single,
-                                      bucket=spec.bucket_by_length, generator=generator):
-                x_np, m_np = _rows(tr_ids, tr_mask, tr_len, rows.numpy(), min_len)
-                if spec.augment is not None:
-                    x_np, m_np = augment_batch(x_np, m_np, spec.augment, augment_rng)
-                x, m = _to_device(x_np, m_np, device)
-                target = y_train[rows].to(device, non_blocking=True)
-                with autocast():
-                    logits = model(x, m)
-                loss = F.cross_entropy(logits.float(), target, weight=class_weight,
-                                       label_smoothing=spec.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if spec.grad_clip is not None:
-                    clip_grad_norm(model.parameters(), spec.grad_clip)
-                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, recorded per epoch below
-                with sparse_checks:
-                    optimizer.step()
-                if spec.model.max_norm is not None:
-                    with torch.no_grad():  # Kim (2014): rescale any output weight row longer than max_norm
-                        model.head.weight.copy_(torch.renorm(model.head.weight, 2, 0, spec.model.max_norm))
-                schedule.step_batch()
-                loss_sum += loss.detach() * len(rows)
-                # Accuracy on the (augmented, dropout-on) training batches as trained: cheap, and enough to
-                # show over- or under-fitting next to validation accuracy on the learning curves.
-                correct += (logits.detach().argmax(dim=-1) == target).sum()
-                seen += len(rows)
-                step += 1
-
-                now = time.monotonic()
-                if now - last_cancel_check >= CANCEL_CHECK_EVERY_S:
-                    last_cancel_check = now
-                    check_stop()
-                if now - last_progress >= PROGRESS_EVERY_S:
-                    last_progress = now
-                    # the .item() this check needs is the progress report's sync point anyway
-                    check_divergence(loss_sum.item() / seen, len(label_names), f"at step {step} (epoch {epoch})")
-                    progress(epoch)
-                if step >= total_steps:
-                    break
-
-            train_loss = loss_sum.item() / max(seen, 1)
-            check_divergence(train_loss, len(label_names), f"in epoch {epoch}")
-
-            # evaluate
-            val_logits = _predict_logits(model, va_ids, va_mask, va_len, min_len, device, autocast)
-            final = evaluate_logits(val_logits, y_val)
-            if not math.isfinite(final["loss"]):
-                raise TrainingDiverged(f"validation loss is {final['loss']} in epoch {epoch}")
-            schedule.step_epoch(final["loss"])
-            history.append({
-                "epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
-                "val_loss": final["loss"],
-                "val_accuracy": final["accuracy"], "val_macro_f1": final["macro_f1"],
-                "lr": lr, "seconds": round(time.monotonic() - epoch_start, 3),
-            })
-            # Better by more than min_delta, or an exact tie of the metric at a lower validation loss: accuracy and
-            # F1 move in steps, and once a small validation set is all right, the earliest such epoch is the
-            # least trained one (a toy set kept epoch 1, at 0.5/0.5 scores, for that reason).
-            tie = best_value is not None and final[key] == best_value and final["loss"] < best["loss"]
-            if best_value is None or sign * (final[key] - best_value) > min_delta or tie:
-                best_value, best_epoch, epochs_since_best = final[key], epoch, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                best = dict(final)
-            else:
-                epochs_since_best += 1
-            budget_spent = step >= total_steps
-            stopped_early = not budget_spent and stopping is not None and epochs_since_best > stopping.patience
-            done = budget_spent or stopped_early or epoch == spec.epochs
-            if checkpoint is not None:
-                # Saved before progress is reported, so the history the job shows is never ahead of what a
-                # resumed run would restore.
-                checkpoint.save({
-                    "tokenizer": encoder.to_json(), "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": schedule.scheduler.state_dict(),
-                    "rng": _rng_state(generator, augment_rng, device), "history": history, "step": step,
-                    "best_value": best_value, "best_state": best_state, "best_epoch": best_epoch, "best": best,
-                    "final": final, "epochs_since_best": epochs_since_best, "stopped_early": stopped_early,
-                    "done": done, "elapsed_seconds": time.monotonic() - t0,
-                })
-            last_progress = time.monotonic()
-            progress(epoch)
-            check_stop()
-            if done:
-                break
-    finally:
-        for table in sparse:
-            table.sparse = False  # inference and export want the plain embedding op
-
-    model.load_state_dict(best_state)
-    model = model.cpu().eval()
-    members = {}
+    # evaluate
+    model.load_state_dict(state.best_state)
+    model, best, members = model.cpu().eval(), state.best, {}
     if spec.model.tfidf is not None:
         # Fit after the loop (a resumed run fits it too): the network's best epoch is picked on its own.
-        fit_start = time.monotonic()
-        linear = fit_tfidf(spec.model.tfidf, tr_ids, tr_mask, y[train_idx], vocab_size=encoder.vocab_size,
-                           num_classes=len(label_names), class_weight=weights)
-        fit_seconds = round(time.monotonic() - fit_start, 3)
-        with torch.no_grad():
-            alone = evaluate_logits(linear(torch.from_numpy(va_ids), torch.from_numpy(va_mask).float()).numpy(),
-                                    y_val)
-        members = {"network_val_accuracy": best["accuracy"], "network_val_macro_f1": best["macro_f1"],
-                   "tfidf_val_accuracy": alone["accuracy"], "tfidf_val_macro_f1": alone["macro_f1"],
-                   "tfidf_fit_seconds": fit_seconds}
-        model = Blend(model, linear, spec.model.tfidf.weight).eval()
-        # What is exported and served is the blend, so its validation scores are the model's.
-        best = evaluate_logits(_predict_logits(model, va_ids, va_mask, va_len, min_len, torch.device("cpu"),
-                                               contextlib.nullcontext), y_val)
+        model, best, members = blend_tfidf(model, spec.model.tfidf, data, num_classes=len(label_names),
+                                             network_scores=state.best)
     prov = collect_provenance(spec, device)
     metrics = {
         **best,
         **members,
-        "best_epoch": best_epoch, "selection_metric": select, "stopped_early": stopped_early,
-        "final_accuracy": final["accuracy"], "final_macro_f1": final["macro_f1"], "final_loss": final["loss"],
-        "train_seconds": round(time.monotonic() - t0, 3),
-        "epochs_run": len(history), "steps": step, "resumed_from_epoch": resumed_from_epoch,
-        "train_examples": len(train_idx), "val_examples": len(val_idx),
+        "best_epoch": state.best_epoch, "selection_metric": loop.selection.metric,
+        "stopped_early": state.stopped_early, "final_accuracy": state.final["accuracy"],
+        "final_macro_f1": state.final["macro_f1"], "final_loss": state.final["loss"],
+        "train_seconds": round(time.monotonic() - loop.t0, 3),
+        "epochs_run": len(state.history), "steps": state.step, "resumed_from_epoch": resumed_from_epoch,
+        "train_examples": len(data.train.y), "val_examples": len(data.val.y),
         "provenance": prov,
     }
-    return TrainResult(model=model, encoder=encoder, history=history, metrics=metrics, device=str(device),
-                       provenance=prov)
+    return TrainResult(model=model, encoder=data.encoder, history=state.history, metrics=metrics,
+                       device=str(device), provenance=prov, val_texts=data.val_texts, val_y=data.val.y.tolist())
