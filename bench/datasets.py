@@ -4,7 +4,9 @@
     split = load_split(DEFAULT_DATA_DIR, "mr")       # split.train_texts, split.train_labels, split.test_texts, ...
 
 Every file is UTF-8 CSV with the header `text,label`. The splits:
-- trec, banking77, sst2_glue: train.csv / test.csv (sst2_glue's test.csv is the GLUE dev set).
+- trec, banking77, sst2_glue, nlpcc2017_headlines: train.csv / test.csv (sst2_glue's test.csv is the GLUE dev
+  set; nlpcc2017_headlines is Chinese written without spaces, its files the shared folder's 80/20 split of the
+  NLPCC 2017 full test set).
 - sst2: train.csv / dev.csv / test.csv; we train on train and test on test (dev is unused).
 - mr, sms_spam: all.csv + cv10_folds.csv (`row,fold`, 0-based rows of all.csv); fold 0 is the test set, folds
   1-9 train. The folds are the shared folder's own stratified assignment, not the papers'.
@@ -28,6 +30,7 @@ SPLITS: dict[str, tuple[str, str, str | int]] = {
     "sms_spam": ("folds", "all.csv", 0),
     "banking77": ("files", "train.csv", "test.csv"),
     "sst2_glue": ("files", "train.csv", "test.csv"),
+    "nlpcc2017_headlines": ("files", "train.csv", "test.csv"),
 }
 DATASETS = list(SPLITS)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ErrorCode, ServiceError
+from core.scripts import script_mix
 from core.spec import MAX_LABEL_CHARS
 
 MAX_COLUMNS = 1000
@@ -78,6 +79,7 @@ class ParsedDataset:
     label_counts: dict[str, int]  # sorted by label
     sha256: str  # of the canonical JSONL, so equal data hashes equal whatever the upload format
     warnings: list[dict]
+    scripts: dict[str, float]  # share of letters per writing system (core/scripts.py)
 
 
 def parse_upload(data: bytes, *, filename: str | None, content_type: str | None,
@@ -401,7 +403,8 @@ def _build(rows: list[Row], key: str, fmt: str, limits: Limits) -> ParsedDataset
     for line in _canonical_lines(texts, labels):
         digest.update(line)
     return ParsedDataset(texts=texts, labels=labels, format=fmt, label_counts=dict(sorted(counts.items())),
-                         sha256=digest.hexdigest(), warnings=_warnings(texts, labels, counts, dropped, key))
+                         sha256=digest.hexdigest(), warnings=_warnings(texts, labels, counts, dropped, key),
+                         scripts=script_mix(texts))
 
 
 def _warnings(texts: list[str], labels: list[str], counts: Counter, dropped: list[int], key: str) -> list[dict]:

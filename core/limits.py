@@ -19,7 +19,9 @@ from core import ingest
 from core.config import Settings
 from core.db import datasets
 from core.db.datasets import records_path
+from core.db.tables import Dataset
 from core.errors import ErrorCode, ServiceError, detail, prefixed
+from core.scripts import script_mix, written_without_spaces
 from core.spec import ModelSpec, TrainingSpec
 
 
@@ -162,9 +164,10 @@ def estimate_training_bytes(spec: TrainingSpec, data: DataShape, *, num_classes:
             "fixed": FIXED_BYTES}
 
 
-def check_spec(session: Session, spec: TrainingSpec, settings: Settings, loc: tuple = ()) -> None:
+def check_spec(session: Session, spec: TrainingSpec, settings: Settings, loc: tuple = ()) -> TrainingSpec:
     """What the schema cannot know: the datasets exist, per-label settings name their labels, and the spec
-    stays under this server's ceilings (422 otherwise; `loc` prefixes the error locations)."""
+    stays under this server's ceilings (422 otherwise; `loc` prefixes the error locations). Returns the spec as
+    it will train, `tokenizer.kind: auto` resolved from the dataset's scripts: what the job stores and shows."""
     found = {}
     for field in ("dataset_id", "test_dataset_id"):
         dataset_id = getattr(spec, field)
@@ -176,6 +179,7 @@ def check_spec(session: Session, spec: TrainingSpec, settings: Settings, loc: tu
         if found[field] is None:
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
                                [detail([*loc, field], "dataset not found", "not_found")])
+    spec = resolve_tokenizer(spec, found["dataset_id"], settings)
     labels = found["dataset_id"].labels
     try:
         _check_label_keys(spec, labels)
@@ -184,6 +188,30 @@ def check_spec(session: Session, spec: TrainingSpec, settings: Settings, loc: tu
         if loc and isinstance(exc.details, list):
             exc.details = prefixed(exc.details, *loc)
         raise
+    return spec
+
+
+def resolve_tokenizer(spec: TrainingSpec, dataset: Dataset, settings: Settings) -> TrainingSpec:
+    """`tokenizer.kind: auto` made concrete from the training dataset's script mix (core/scripts.py); any other
+    kind is the user's choice and stays."""
+    if spec.tokenizer.kind != "auto":
+        return spec
+    mix = dataset.scripts
+    if mix is None:  # uploaded before the mix was recorded: read it off the records once
+        path = records_path(settings, dataset.id)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return spec  # nothing to train on: the worker fails the job with dataset_missing
+        mix = _records_scripts(path, stat.st_mtime_ns, stat.st_size)
+    kind = "char" if written_without_spaces(mix) else "word"
+    return spec.model_copy(update={"tokenizer": spec.tokenizer.model_copy(update={"kind": kind})})
+
+
+@functools.lru_cache(maxsize=64)
+def _records_scripts(path: Path, mtime_ns: int, size: int) -> dict[str, float]:
+    """The script mix of a records file, read once per process and file version."""
+    return script_mix(ingest.read_records(path)[0])
 
 
 def _over_ceiling(field: str, message: str, ceiling: int) -> ServiceError:

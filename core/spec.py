@@ -46,9 +46,12 @@ class _Strict(BaseModel):
 
 
 class TokenizerSpec(_Strict):
-    kind: Literal["word", "bpe", "wordpiece"] = Field(
-        "word", description="word: whole words; bpe, wordpiece: subword units learned from the training texts, "
-                            "so unseen words still map to known pieces.")
+    kind: Literal["auto", "word", "char", "bpe", "wordpiece"] = Field(
+        "auto", description="auto: char when the dataset is mostly in scripts written without spaces (Chinese, "
+                            "Japanese, Thai, Lao, Khmer, Myanmar...), else word; a job's spec shows the choice. "
+                            "word: whole words; char: every character of those scripts is a token, other words "
+                            "stay whole; bpe, wordpiece: subword units learned from the training texts, so unseen "
+                            "words still map to known pieces.")
     lowercase: bool = Field(True, description="Lower-case (and NFKC-normalise) text before splitting.")
     vocab_size: int = Field(30_000, ge=100, le=500_000,
                             description="Largest vocabulary kept (most frequent words, or subword units).")
@@ -361,6 +364,10 @@ class DatasetRead(_Read):
     labels: dict[str, int] = Field(description="Examples per label.")
     sha256: str = Field(description="Hash of the normalised records (text and label).")
     warnings: list[dict[str, Any]]
+    scripts: dict[str, float] | None = Field(
+        description="Share of the texts' letters per writing system, largest first (e.g. {\"Han\": 0.93, "
+                    "\"Latin\": 0.07}); it decides what tokenizer.kind auto becomes. null for datasets uploaded "
+                    "before it was recorded.")
     created_at: datetime
 
 

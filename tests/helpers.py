@@ -4,6 +4,7 @@ Flask's test client, and the service as child processes polled over HTTP."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import os
 import socket
@@ -74,6 +75,75 @@ def tiny_dataset_csv() -> bytes:
         lines += [f"{s} {'today' if i else ''}".strip() + ",sports" for s in sports]
         lines += [f"{c} {'slowly' if i else ''}".strip() + ",cooking" for c in cooking]
     return ("\n".join(lines) + "\n").encode()
+
+
+def _labelled_csv(by_label: dict[str, list[str]], prefixes: tuple[str, ...]) -> bytes:
+    """CSV of every sentence under its label, once per prefix (the same prefixes for every label, so they carry
+    no signal; they only make the repeats differ)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["text", "label"])
+    for prefix in prefixes:
+        for label, sentences in by_label.items():
+            writer.writerows([prefix + sentence, label] for sentence in sentences)
+    return out.getvalue().encode()
+
+
+# Sentences in scripts written without spaces, for the character tokenizer's tests (tests/integration/
+# test_any_script.py, tests/e2e/test_dashboard_browser.py). Written for these tests, not downloaded.
+JAPANESE = {
+    "weather": ["今日は朝から雨が降っています。", "明日は晴れて気温が上がるでしょう。",
+                "午後から雷を伴う強い雨に注意してください。", "週末は曇りのち雪の予報です。",
+                "台風が近づいていて風が強くなっています。", "梅雨入りしてから毎日じめじめしています。",
+                "今朝は霧が濃くて前が見えませんでした。", "北の地方では大雪警報が出ています。",
+                "夕方には雨がやんで虹が出ました。", "最高気温は三十五度の猛暑日になりそうです。",
+                "天気予報によると明日の降水確率は八十パーセントです。",
+                "冷たい北風が吹いて冬らしい寒さになりました。"],
+    "food": ["このラーメンはスープが濃厚でおいしいです。", "昨日の夜はお寿司を食べに行きました。",
+             "母が作るカレーライスが大好きです。", "新しいパン屋さんのクロワッサンはサクサクです。",
+             "朝ごはんに納豆とご飯と味噌汁を食べました。", "駅前の店で天ぷらそばを注文しました。",
+             "抹茶のアイスクリームは甘さ控えめです。", "焼き鳥にはビールがよく合います。",
+             "週末に友だちとたこ焼きを作りました。", "このケーキはいちごがたっぷり乗っています。",
+             "お弁当に卵焼きと唐揚げを入れました。", "熱いうどんに七味唐辛子をかけて食べます。"],
+}
+THAI = {
+    "sport": ["ทีมชาติไทยชนะการแข่งขันฟุตบอลเมื่อคืนนี้", "นักเตะยิงประตูได้สองลูกในครึ่งหลัง",
+              "ผู้รักษาประตูเซฟลูกจุดโทษได้อย่างยอดเยี่ยม", "นักมวยไทยชนะน็อคในยกที่สาม",
+              "ทีมวอลเลย์บอลหญิงเข้ารอบชิงชนะเลิศ", "โค้ชประกาศรายชื่อนักกีฬาชุดใหม่", "แฟนบอลเชียร์ทีมเหย้าเต็มสนาม",
+              "นักวิ่งทำลายสถิติมาราธอนของประเทศ", "กรรมการให้ใบแดงกองหลังในนาทีสุดท้าย",
+              "นักแบดมินตันไทยคว้าเหรียญทองโอลิมปิก", "สโมสรเซ็นสัญญากับกองหน้าคนใหม่",
+              "นักเทนนิสชนะการแข่งขันรอบแรกอย่างง่ายดาย"],
+    "food": ["ต้มยำกุ้งรสชาติเผ็ดและเปรี้ยวกำลังดี", "แม่ทำผัดกะเพราหมูสับใส่ไข่ดาว",
+             "ร้านนี้ขายข้าวมันไก่อร่อยที่สุด", "ส้มตำจานนี้ใส่พริกเยอะมาก", "ฉันชอบกินข้าวเหนียวมะม่วงเป็นของหวาน",
+             "ผัดไทยใส่กุ้งสดและถั่วงอก", "แกงเขียวหวานไก่กินกับข้าวสวยร้อนๆ", "ก๋วยเตี๋ยวเรือน้ำข้นรสเข้มข้น",
+             "เช้านี้ฉันกินโจ๊กหมูกับปาท่องโก๋", "ชาไทยเย็นหวานมันชื่นใจ", "หมูปิ้งกับข้าวเหนียวเป็นอาหารเช้ายอดนิยม",
+             "ร้านอาหารทะเลริมหาดมีปูผัดผงกะหรี่"],
+}
+# Chinese labels too: the dashboard shows them. Two sentences carry English brand names and numbers.
+CHINESE = {
+    "体育": ["主队在最后一分钟攻入制胜球", "这名前锋本赛季已经打进二十个进球", "中国女排三比零战胜对手",
+           "球迷们在体育场里为球队欢呼", "教练对今天的防守表现很满意", "裁判向后卫出示了红牌",
+           "他在马拉松比赛中打破了全国纪录", "乒乓球世界杯决赛今晚开打", "守门员扑出了一个点球",
+           "篮球队在主场输掉了比赛", "游泳运动员获得了奥运会金牌", "他穿着Nike球鞋打完了NBA比赛"],
+    "美食": ["这家餐厅的饺子非常好吃", "妈妈做的红烧肉又香又软", "把鸡蛋和西红柿一起炒", "火锅的汤底很辣，记得多喝水",
+           "早餐我喝了一碗豆浆吃了两根油条", "小笼包要趁热吃", "这道麻婆豆腐用了很多花椒", "北京烤鸭的皮很脆",
+           "用小火慢慢炖牛肉汤", "面条里加一点醋和葱花", "周末我们去吃了广东早茶", "我用iPhone12拍了这碗拉面"],
+}
+
+
+def japanese_dataset_csv() -> bytes:
+    """72 Japanese sentences (kanji, hiragana, katakana): weather vs food."""
+    return _labelled_csv(JAPANESE, ("", "ニュースによると、", "友だちの話では、"))
+
+
+def thai_dataset_csv() -> bytes:
+    """72 Thai sentences: sport vs food."""
+    return _labelled_csv(THAI, ("", "ข่าววันนี้", "เพื่อนบอกว่า"))
+
+
+def chinese_dataset_csv() -> bytes:
+    """72 Chinese sentences, labelled 体育 (sport) or 美食 (food)."""
+    return _labelled_csv(CHINESE, ("", "新闻说", "朋友告诉我"))
 
 
 # Texts of 3,000 words (a small upload: werkzeug spools larger ones to a file): the largest spec the schema

@@ -33,7 +33,7 @@ def create_job():
     session = get_session()
     if stored := idempotency.replay(session, "jobs", key, request_hash):
         return stored
-    check_spec(session, spec, state().settings)
+    spec = check_spec(session, spec, state().settings)
     job = jobs.create_job(session=session, spec=spec)
     body, location = job_json(job), f"/v1/jobs/{job.id}"
     idempotency.remember(session, "jobs", key, request_hash, body, 202, location)

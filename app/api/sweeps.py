@@ -52,8 +52,8 @@ def create_sweep():
     if stored := idempotency.replay(session, "sweeps", key, request_hash):
         return stored
     # Every child is checked against the data and the server's ceilings before anything is stored.
-    for index, (_params, spec) in enumerate(children):
-        check_spec(session, spec, state().settings, loc=("children", index))
+    children = [(params, check_spec(session, spec, state().settings, loc=("children", index)))
+                for index, (params, spec) in enumerate(children)]
     sweep = sweeps.create_sweep(session=session, request=body, children=children)
     reply = sweeps.sweep_json(sweep, session)
     location = f"/v1/sweeps/{sweep.id}"

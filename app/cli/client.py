@@ -191,7 +191,8 @@ def datasets_upload(file: Path, name: str | None, text_column: str, label_column
     labels = ", ".join(f"{label} {count}" for label, count in list(dataset["labels"].items())[:10])
     show_fields("dataset stored", [("id", dataset["id"]), ("name", escape(dataset["name"])),
                                    ("rows", dataset["row_count"]),
-                                   ("labels", f"{len(dataset['labels'])}: {escape(labels)}")])
+                                   ("labels", f"{len(dataset['labels'])}: {escape(labels)}"),
+                                   ("scripts", scripts_text(dataset.get("scripts")))])
     for warning in dataset.get("warnings", []):
         err.print(f"[yellow]warning:[/yellow] {escape(str(warning.get('message', warning)))}")
 
@@ -310,12 +311,18 @@ def watch_job(client: Client, job_id: str, interval: float = 1.0) -> dict:
             time.sleep(interval)
 
 
+def scripts_text(scripts: dict[str, float] | None) -> str:
+    """A dataset's script mix as "Han 93%, Latin 7%"."""
+    return ", ".join(f"{name} {share:.0%}" for name, share in (scripts or {}).items()) or "–"
+
+
 def show_job(job: dict) -> None:
     p, metrics = job["progress"], job.get("metrics") or {}
     fields = [("id", job["id"]), ("status", status_text(job["status"])), ("stage", p["stage"]),
               ("progress", f"{p['percent']:.1f}%  epoch {p['epoch']}/{p['total_epochs']}"),
               ("dataset", job["dataset_id"]), ("model", job.get("model_id") or "–"),
               ("device", job.get("device") or "–"),
+              ("tokenizer", (job.get("spec") or {}).get("tokenizer", {}).get("kind", "–")),
               ("created", when(job["created_at"])), ("finished", when(job.get("finished_at")))]
     if metrics:
         fields += [("val accuracy", fmt(metrics.get("val_accuracy"))),
@@ -422,6 +429,7 @@ def models(model_id: str | None, as_json: bool, client: Client) -> None:
     show_fields(f"model {model['id']}", [
         ("name", escape(model["name"])), ("aliases", ", ".join(model["aliases"]) or "–"), ("job", model["job_id"]),
         ("labels", escape(", ".join(model["labels"]))), ("kind", model["spec"].get("model", {}).get("name", "–")),
+        ("tokenizer", model["spec"].get("tokenizer", {}).get("kind", "–")),
         ("val accuracy", fmt(metrics.get("val_accuracy"))), ("val macro-F1", fmt(metrics.get("val_macro_f1"))),
         ("test accuracy", fmt(metrics.get("test_accuracy"))), ("created", when(model["created_at"]))])
     split = evaluation.get("test") or evaluation.get("validation")

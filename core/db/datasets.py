@@ -22,7 +22,7 @@ def records_path(settings: Settings, dataset_id: uuid.UUID) -> Path:
 def add_dataset(*, session: Session, settings: Settings, name: str, parsed: ingest.ParsedDataset) -> Dataset:
     """Add the row and write the records file; the caller commits, and removes the file if that fails."""
     dataset = Dataset(name=name, format=parsed.format, row_count=len(parsed.texts), labels=parsed.label_counts,
-                      sha256=parsed.sha256, warnings=parsed.warnings)
+                      sha256=parsed.sha256, warnings=parsed.warnings, scripts=parsed.scripts)
     session.add(dataset)
     session.flush()
     ingest.write_records(records_path(settings, dataset.id), parsed)

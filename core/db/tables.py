@@ -23,6 +23,8 @@ class Dataset(Base):
     labels: Mapped[dict[str, int]] = mapped_column(JSONType)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    # Share of letters per writing system; NULL for datasets uploaded before it was recorded.
+    scripts: Mapped[dict[str, float] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

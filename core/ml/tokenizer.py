@@ -1,17 +1,19 @@
-"""Word-level or subword (BPE, WordPiece) tokenizer: fit on training texts, encode batches to padded id arrays.
-NO torch import.
+"""Word, character or subword (BPE, WordPiece) tokenizer: fit on training texts, encode batches to padded id
+arrays. NO torch import.
 
-The API serves with this module too, so it depends only on numpy and HF `tokenizers`.
+The API serves with this module too, so it depends only on numpy and HF `tokenizers`; everything a kind does to
+text is inside tokenizer.json (normalizer, pre-tokenizer, vocabulary), so a model bundle needs nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from core.scripts import NO_SPACE_SCRIPTS, script_mix, written_without_spaces
 from core.spec import TokenizerSpec
 
 PAD_ID = 0
@@ -25,19 +27,44 @@ WORDPIECE_MAX_CHARS = 100
 # Shortest batch width we emit: the widest default TextCNN kernel is 5 tokens, so a batch of one-word texts
 # still fills at least one full convolution window.
 MIN_TOKENS = 5
+# One character of a script written without spaces, with the combining marks that follow it (a Thai consonant
+# and its tone mark stay one token): the unit the `char` kind splits those scripts into. The Japanese long-vowel
+# mark ー (and its half-width form) is in Unicode's Common script, not Katakana, so it is named on its own.
+NO_SPACE_CHARACTER = ("[" + "".join(rf"\p{{{name}}}" for name in NO_SPACE_SCRIPTS) + r"\x{30FC}\x{FF70}]"
+                      r"\p{M}*")
 
 
-def fit_tokenizer(texts: Iterable[str], spec: TokenizerSpec) -> Tokenizer:
-    """Train the vocabulary spec.kind names on `texts`: whole words, BPE merges or WordPiece units."""
+def resolve_kind(kind: str, texts: Sequence[str]) -> str:
+    """The tokenizer kind `auto` stands for on these texts: `char` when enough of their letters are in scripts
+    written without spaces (core/scripts.py), else `word`. Other kinds are returned as they are."""
+    if kind != "auto":
+        return kind
+    return "char" if written_without_spaces(script_mix(texts)) else "word"
+
+
+def _pre_tokenizer(kind: str) -> pre_tokenizers.PreTokenizer:
+    # Whitespace splits on \w+|[^\w\s]+, so "Paris?" gives "Paris" and "?": question marks carry signal.
+    if kind != "char":
+        return pre_tokenizers.Whitespace()
+    # Characters of the no-space scripts first, then words as for `word`: "iPhone12" and "3pm" stay whole in
+    # Chinese text, and the models' token bigrams become character bigrams there.
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(NO_SPACE_CHARACTER), behavior="isolated"),
+                                    pre_tokenizers.Whitespace()])
+
+
+def fit_tokenizer(texts: Sequence[str], spec: TokenizerSpec) -> Tokenizer:
+    """Train the vocabulary spec.kind names on `texts`: whole words (`char`: with every character of the scripts
+    written without spaces a token of its own), BPE merges or WordPiece units; `auto` is resolved first."""
+    kind = resolve_kind(spec.kind, texts)
     special = [PAD_TOKEN, UNK_TOKEN]  # list order fixes the ids: PAD_ID=0, UNK_ID=1
     common = {"vocab_size": spec.vocab_size, "min_frequency": spec.min_frequency, "special_tokens": special,
               "show_progress": False}
-    if spec.kind == "bpe":
+    if kind == "bpe":
         tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
         # Cap the starting alphabet so vocab_size holds even on text with thousands of distinct characters
         # (rarer characters become [UNK]); half the budget leaves room for the merges that make BPE useful.
         trainer = trainers.BpeTrainer(limit_alphabet=max(spec.vocab_size // 2, 1), **common)
-    elif spec.kind == "wordpiece":
+    elif kind == "wordpiece":
         tokenizer = Tokenizer(models.WordPiece(unk_token=UNK_TOKEN, continuing_subword_prefix=WORDPIECE_PREFIX,
                                                max_input_chars_per_word=WORDPIECE_MAX_CHARS))
         tokenizer.decoder = decoders.WordPiece(prefix=WORDPIECE_PREFIX)
@@ -49,8 +76,7 @@ def fit_tokenizer(texts: Iterable[str], spec: TokenizerSpec) -> Tokenizer:
     # NFKC folds look-alike code points (full-width letters, ligatures) so they share one vocabulary entry.
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if spec.lowercase else [])
     tokenizer.normalizer = normalizers.Sequence(steps)
-    # Whitespace splits on \w+|[^\w\s]+, so "Paris?" gives "Paris" and "?": question marks carry signal.
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.pre_tokenizer = _pre_tokenizer(kind)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     assert tokenizer.token_to_id(PAD_TOKEN) == PAD_ID and tokenizer.token_to_id(UNK_TOKEN) == UNK_ID
     return tokenizer

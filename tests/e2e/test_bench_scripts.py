@@ -32,6 +32,26 @@ def test_gpu_check_runs_on_the_cpu_with_a_flag(tmp_path: Path):
     assert report["job"]["job_status"] == "succeeded" and report["job"]["job_device"] == "cpu"
 
 
+def test_accuracy_peers_only_scores_every_peer(tmp_path: Path):
+    folder = tmp_path / "data" / "trec"  # a known dataset name (--datasets has choices), tiny data
+    folder.mkdir(parents=True)
+    (folder / "train.csv").write_bytes(tiny_dataset_csv())
+    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    out = tmp_path / "accuracy.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy.py"), "--peers-only", "--datasets", "trec",
+                          "--data-dir", str(tmp_path / "data"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [row] = json.loads(out.read_text())["results"]
+    assert row["preset"] is None and row["ours"] is None and row["meets_bar"] is None
+    for peer in ("fasttext", "fasttext_char", "tfidf_lr", "tfidf_char_lr"):
+        assert row[peer]["accuracy"] > 50 and row[peer]["macro_f1"] is not None and row[peer]["train_s"] >= 0
+    assert row["time_peer"] in ("fasttext", "fasttext_char")
+    assert row["bar"] == max(row["kim_2014"], *(row[peer]["accuracy"] for peer in ("fasttext", "fasttext_char",
+                                                                                   "tfidf_lr", "tfidf_char_lr")))
+    assert "fastText (char) acc / F1 / s" in run.stdout and "TF-IDF char+LR acc / F1 / s" in run.stdout
+
+
 def test_load_script_reports_requests_errors_and_memory(tmp_path: Path):
     out = tmp_path / "load.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--connections", "4", "--seconds", "3",

@@ -1,9 +1,10 @@
 """The dashboard in headless Chromium against a real `textclf serve`: every page loads and draws (learning
 curves, confusion-matrix heatmap, per-class table, aliases, Swagger UI, a sweep's leaderboard and overlaid curves),
-a typed sentence is classified, and a screenshot of each page is saved under tests/artifacts/screenshots/
-(TEST_ARTIFACT_DIR overrides the folder)."""
+a typed sentence is classified (in English and in Chinese, whose glyphs must render), and a screenshot of each
+page is saved under tests/artifacts/screenshots/ (TEST_ARTIFACT_DIR overrides the folder)."""
 
 import base64
+import json
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import ROOT, start_serve, upload_tiny
+from tests.helpers import ROOT, chinese_dataset_csv, start_serve, upload_tiny, wait_job
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -246,3 +247,74 @@ def test_sweep_pages_in_chromium(tmp_path, processes, browser):
     # The README shows this page: refresh its copy on request only, so a test run leaves the checkout clean.
     if os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":
         shutil.copyfile(shots[-1], ROOT / "docs" / "dashboard-sweep.png")
+
+
+# Two different characters drawn in the page's font: the same pixels means both are the missing-glyph box.
+GLYPHS_DIFFER = """
+const draw = (ch) => {
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 48;
+  const g = canvas.getContext("2d");
+  g.font = "40px " + getComputedStyle(document.body).fontFamily;
+  g.fillText(ch, 2, 40);
+  return canvas.toDataURL();
+};
+return draw(arguments[0]) !== draw(arguments[1]);
+"""
+
+
+def test_chinese_dataset_and_model_in_chromium(tmp_path, processes, browser):
+    """A Chinese dataset (Chinese labels, the tokenizer left to `auto`): the job page draws its curves and the
+    evaluation with the labels, and the try-it box classifies typed Chinese text. Chromium must have a CJK font
+    (.ci/run installs one): without it every character is the same empty box, which the canvas check catches."""
+    from selenium.webdriver.common.by import By
+
+    base, _, _ = start_serve(tmp_path, processes)
+    up = requests.post(f"{base}/v1/datasets", files={"file": ("体育与美食.csv", chinese_dataset_csv())},
+                       data={"name": "体育与美食"}, timeout=30)
+    assert up.status_code == 201, up.text
+    assert up.json()["scripts"]["Han"] > 0.9
+    created = requests.post(f"{base}/v1/jobs", timeout=30, json={
+        "dataset_id": up.json()["id"], "name": "体育还是美食", "epochs": EPOCHS, "batch_size": 8})
+    assert created.status_code == 202, created.text
+    assert created.json()["spec"]["tokenizer"]["kind"] == "char"
+    job = wait_job(base, created.json()["id"], timeout=240)
+    assert job["status"] == "succeeded", job
+    model_id = job["model_id"]
+
+    # job page: the curves, the confusion matrix and per-class table under the Chinese labels
+    browser.get(f"{base}/jobs/{job['id']}")
+    assert len(wait_count(browser, "#curves svg.chart path.series", 6)) == 6
+    wait_count(browser, "#evaluation svg.heatmap rect.cell", 4)
+    rows = wait_count(browser, "#per-class tbody tr", 2)
+    assert sorted(r.find_element(By.CSS_SELECTOR, "td").text for r in rows) == ["体育", "美食"]
+    assert browser.execute_script(GLYPHS_DIFFER, "体", "育"), \
+        "Chromium draws CJK characters as empty boxes: install a CJK font (fonts-wqy-zenhei, as .ci/run does)"
+    # the resolved spec, opened: `auto` became `char`
+    browser.find_element(By.CSS_SELECTOR, "details > summary").click()
+    shown = json.loads(text_of(browser, "pre.spec"))
+    assert shown["tokenizer"]["kind"] == "char" and shown["name"] == "体育还是美食"
+    shots = [screenshot(browser, "job-zh")]
+    assert_no_console_errors(browser)
+
+    # try it: two typed Chinese sentences, one label each, the API's
+    texts = ["守门员在比赛最后一分钟扑出了点球", "这家店的小笼包和饺子非常好吃"]
+    expected = [p["label"] for p in requests.post(f"{base}/v1/models/{model_id}/predict", json={"texts": texts},
+                                                  timeout=30).json()["predictions"]]
+    assert expected == ["体育", "美食"]
+    browser.get(f"{base}/try?model={model_id}")
+    wait_count(browser, f'#try-model option[value="model:{model_id}"]')
+    browser.find_element(By.ID, "try-text").send_keys("\n".join(texts))
+    assert browser.find_element(By.ID, "try-text").get_attribute("value") == "\n".join(texts)
+    browser.find_element(By.CSS_SELECTOR, "#try-form button[type=submit]").click()
+    labels = wait_count(browser, "#try-results .prediction .label", 2)
+    assert [label.text for label in labels] == expected
+    assert [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#try-results .prediction .text")] == texts
+    shots.append(screenshot(browser, "try-zh"))
+    assert_no_console_errors(browser)
+
+    for path in shots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    if os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":  # as for the sweep page: on request only
+        for path in shots:
+            shutil.copyfile(path, ROOT / "docs" / f"dashboard-{path.name}")

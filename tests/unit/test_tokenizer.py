@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.ml.tokenizer import MIN_TOKENS, PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
+from core.ml.tokenizer import MIN_TOKENS, PAD_ID, UNK_ID, TextEncoder, fit_tokenizer, resolve_kind
 from core.spec import TokenizerSpec
 
 pytestmark = pytest.mark.unit
@@ -156,3 +156,116 @@ def test_saved_tokenizers_load_without_torch(tmp_path: Path, kind):
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     ids, torch_loaded = json.loads(out.stdout)
     assert ids == encoder.encode(batch)[0].tolist() and torch_loaded is False
+
+
+# -----------------------------------------------------------------------------
+# scripts written without spaces: `auto` resolves to `char`, which splits them into characters
+
+CHINESE = ["今天天气很好，我们去公园散步吧。", "苹果发布了新款iPhone12，售价5999元。", "这家餐厅的饺子非常好吃"]
+JAPANESE = ["今日は雨が降っています。", "ラーメンとコーヒーが好きです。"]
+THAI = ["ผู้เล่นทำประตูได้สองลูก", "ต้มยำกุ้งรสชาติเผ็ด"]
+KOREAN = ["오늘 날씨가 정말 좋네요", "김치찌개를 먹고 싶어요"]
+
+
+def pre_tokens(tokenizer, text: str) -> list[str]:
+    """What the tokenizer's normalizer and pre-tokenizer make of `text`: the units the vocabulary is made of."""
+    return [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))]
+
+
+@pytest.mark.parametrize("texts, kind", [(CHINESE, "char"), (JAPANESE, "char"), (THAI, "char"),
+                                         (KOREAN, "word"), (TEXTS, "word"), (CORPUS, "word"), ([], "word")])
+def test_auto_resolves_from_the_scripts_of_the_texts(texts, kind):
+    assert resolve_kind("auto", texts) == kind
+
+
+@pytest.mark.parametrize("kind", ["word", "char", "bpe", "wordpiece"])
+def test_explicit_kinds_are_kept_whatever_the_texts(kind):
+    assert resolve_kind(kind, CHINESE) == resolve_kind(kind, TEXTS) == kind
+
+
+def test_auto_fits_the_character_tokenizer_on_chinese():
+    auto = fit_tokenizer(CHINESE, TokenizerSpec(vocab_size=500))
+    char = fit_tokenizer(CHINESE, TokenizerSpec(kind="char", vocab_size=500))
+    assert auto.to_str() == char.to_str()
+    assert {"天", "气", "饺", "iphone12", "5999", ",", "。"} <= auto.get_vocab().keys()  # NFKC: ， is ,
+    # the word tokenizer sees a whole clause as one "word": nothing is shared between two sentences
+    word = fit_tokenizer(CHINESE, TokenizerSpec(kind="word", vocab_size=500))
+    assert "今天天气很好" in word.get_vocab()
+
+
+def test_char_splits_chinese_into_characters_and_keeps_latin_words_and_numbers_whole():
+    tok = fit_tokenizer(CHINESE, TokenizerSpec(kind="char", vocab_size=500))
+    assert pre_tokens(tok, "苹果发布了新款iPhone12，售价5999元") == [
+        "苹", "果", "发", "布", "了", "新", "款", "iphone12", ",", "售", "价", "5999", "元"]
+    assert pre_tokens(tok, "我买了iPhone12 Pro") == ["我", "买", "了", "iphone12", "pro"]
+    assert tok.encode("新款iPhone12", add_special_tokens=False).tokens == ["新", "款", "iphone12"]
+
+
+def test_char_keeps_a_thai_consonant_with_its_tone_mark_and_vowel_signs():
+    tok = fit_tokenizer(THAI, TokenizerSpec(kind="char", vocab_size=500))
+    # ผู้ = ผ + sara uu + mai tho; ล่ = ล + mai ek: combining marks stay with the letter before them
+    assert pre_tokens(tok, "ผู้เล่น") == ["ผู้", "เ", "ล่", "น"]
+    assert {"ผู้", "ล่", "กุ้"} <= tok.get_vocab().keys()
+    assert "\u0e48" not in tok.get_vocab() and "\u0e49" not in tok.get_vocab()  # no tone mark on its own
+    ids = TextEncoder(tok, 32).encode(["ผู้เล่น"])[0][0]
+    assert UNK_ID not in ids[:4]
+
+
+def test_char_splits_japanese_kana_and_kanji():
+    tok = fit_tokenizer(JAPANESE, TokenizerSpec(kind="char", vocab_size=500))
+    assert pre_tokens(tok, "ラーメンが好き") == ["ラ", "ー", "メ", "ン", "が", "好", "き"]
+    # half-width katakana folds to full width (NFKC) before splitting
+    assert pre_tokens(tok, "ﾗｰﾒﾝ") == ["ラ", "ー", "メ", "ン"]
+
+
+def test_char_splits_the_prolonged_sound_mark_before_a_number_or_latin_word():
+    tok = fit_tokenizer(JAPANESE, TokenizerSpec(kind="char", vocab_size=500))
+    assert pre_tokens(tok, "コーヒー1杯") == ["コ", "ー", "ヒ", "ー", "1", "杯"]
+    assert pre_tokens(tok, "すごーーい") == ["す", "ご", "ー", "ー", "い"]
+
+
+def test_char_folds_full_width_forms_and_lowercases():
+    tok = fit_tokenizer(CHINESE + ["ＡＢＣ１２３的价格"], TokenizerSpec(kind="char", vocab_size=500))
+    assert tok.normalizer.normalize_str("ＡＢＣ１２３") == "abc123"
+    assert pre_tokens(tok, "ＡＢＣ１２３的价格") == ["abc123", "的", "价", "格"]
+    folded, full = tok.encode_batch(["abc123", "ＡＢＣ１２３"], add_special_tokens=False)
+    assert folded.ids == full.ids == [tok.token_to_id("abc123")]
+    assert "ＡＢＣ１２３" not in tok.get_vocab() and "abc123" in tok.get_vocab()
+    cased = fit_tokenizer(CHINESE + ["ＡＢＣ１２３"], TokenizerSpec(kind="char", vocab_size=500, lowercase=False))
+    assert pre_tokens(cased, "ＡＢＣ１２３") == ["ABC123"]
+
+
+@pytest.mark.parametrize("texts", [CHINESE, JAPANESE, THAI], ids=["zh", "ja", "th"])
+def test_char_tokenizer_json_alone_reproduces_the_ids(tmp_path: Path, texts):
+    """Serving (and a model bundle) reads tokenizer.json with HF tokenizers alone: no code of ours is needed to
+    split the characters, fold full-width forms or lower-case."""
+    encoder = TextEncoder(fit_tokenizer(texts, TokenizerSpec(vocab_size=500)), max_length=64)
+    path = tmp_path / "tokenizer.json"
+    encoder.save(path)
+    batch = [*texts, "ＡＢＣ１２３ iPhone12 " + texts[0][:5], "unknown 未知", ""]
+    code = ("import json, sys; from tokenizers import Tokenizer; "
+            f"tok = Tokenizer.from_file({str(path)!r}); "
+            f"ids = [e.ids for e in tok.encode_batch({batch!r}, add_special_tokens=False)]; "
+            "print(json.dumps([ids, sorted(m for m in sys.modules if m.split('.')[0] in ('core', 'torch'))]))")
+    # run outside the checkout, so nothing of ours could even be imported
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    ids, ours = json.loads(out.stdout)
+    assert ours == []
+    assert ids == [e.ids for e in encoder.tokenizer.encode_batch(batch, add_special_tokens=False)]
+    expected = encoder.encode(batch)[0]
+    assert [row[: len(r)] for row, r in zip(expected.tolist(), ids)] == ids
+    assert all(UNK_ID not in r for r in ids[: len(texts)])  # the training texts are all in the vocabulary
+
+
+def test_english_gets_the_same_ids_from_word_and_char():
+    """An English model trained with `auto` (which picks `word`) or `char` is the same model: the character rule
+    matches nothing in Latin text."""
+    english = CORPUS + TEXTS + ["Paris? It's big.", "Café déjà vu, naïve résumé!", "3pm at the O'Neil's"]
+    word = fit_tokenizer(english, TokenizerSpec(kind="word", vocab_size=2000))
+    char = fit_tokenizer(english, TokenizerSpec(kind="char", vocab_size=2000))
+    auto = fit_tokenizer(english, TokenizerSpec(vocab_size=2000))
+    assert word.get_vocab() == char.get_vocab()
+    assert auto.to_str() == word.to_str()
+    batch = english + ["zebra crossing", "ＣＡＴ", ""]
+    assert ([e.ids for e in char.encode_batch(batch, add_special_tokens=False)]
+            == [e.ids for e in word.encode_batch(batch, add_special_tokens=False)])

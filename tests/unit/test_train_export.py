@@ -722,7 +722,7 @@ def test_new_fields_default_to_off():
     spec = TrainingSpec(dataset_id=uuid.uuid4())
     assert spec.preset == "default" and spec.label_smoothing == 0.0 and spec.model.max_norm is None
     assert spec.class_weights is spec.augment is None
-    assert spec.tokenizer.kind == "word" and spec.model.name == "textcnn"
+    assert spec.tokenizer.kind == "auto" and spec.model.name == "textcnn"
     assert spec == TrainingSpec(dataset_id=spec.dataset_id, preset="default")
 
 
