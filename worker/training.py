@@ -199,18 +199,18 @@ def _run(run: JobRun) -> str:
         run.fail(exc.code, exc.message)
         return JobStatus.failed
     except SoftTimeLimitExceeded:
-        run.fail(ErrorCode.time_limit_exceeded,
-                 f"The job ran past its time limit ({spec.max_runtime_seconds or settings.job_max_runtime_seconds} s; "
-                 "max_runtime_seconds in the spec, capped by JOB_MAX_RUNTIME_SECONDS).")
-        return JobStatus.failed
+        return _past_time_limit(run)
     except OperationalError:
         raise  # infrastructure: Celery retries the task
     except Exception as exc:
+        # A stop arrives as a signal, anywhere: inside a library's write, the library's cleanup may raise its own
+        # error over it (torch.save's zip writer did: "unexpected pos"). The stop wins.
         interrupt = interrupt_behind(exc)
+        if isinstance(interrupt, SoftTimeLimitExceeded):
+            return _past_time_limit(run)
         if interrupt is not None:
-            # The process was told to stop (Celery terminates the task when the broker connection is lost) while
-            # a library was mid-write, and the library's cleanup raised its own error over the exit: torch.save's
-            # zip writer did ("unexpected pos"). Exit as told: the job is re-queued, not failed.
+            # Told to exit (Celery terminates the task when the broker connection is lost): the job is
+            # re-queued, not failed.
             raise interrupt from None
         if out_of_memory(exc):
             # Past the cap the allocation failed here, where a kernel OOM kill would have been re-queued to die
@@ -226,6 +226,14 @@ def _run(run: JobRun) -> str:
         return JobStatus.failed
     log.info("job %s succeeded: model %s, val accuracy %.4f", run.job_id, model_id, metrics.get("val_accuracy", 0.0))
     return JobStatus.succeeded
+
+
+def _past_time_limit(run: JobRun) -> str:
+    """Fail the job as time_limit_exceeded (Celery's soft limit reached it)."""
+    limit = run.spec.max_runtime_seconds or run.settings.job_max_runtime_seconds
+    run.fail(ErrorCode.time_limit_exceeded, f"The job ran past its time limit ({limit} s; max_runtime_seconds in "
+                                            "the spec, capped by JOB_MAX_RUNTIME_SECONDS).")
+    return JobStatus.failed
 
 
 def _train_export_register(run: JobRun) -> tuple[uuid.UUID, dict[str, Any]]:
@@ -450,11 +458,12 @@ def out_of_memory(exc: BaseException) -> bool:
 
 
 def interrupt_behind(exc: BaseException) -> BaseException | None:
-    """The SystemExit or KeyboardInterrupt that `exc` was raised while handling, if any."""
+    """The stop that `exc` was raised while handling, if any: a SystemExit or KeyboardInterrupt, or Celery's soft
+    time limit."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if not isinstance(current, Exception):
+        if not isinstance(current, Exception) or isinstance(current, SoftTimeLimitExceeded):
             return current
         seen.add(id(current))
         current = current.__context__

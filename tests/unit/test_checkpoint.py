@@ -149,3 +149,31 @@ def test_a_stop_signal_masked_by_a_library_error_still_stops_the_job_process(mon
             raise ValueError("cleanup failed")  # noqa: B904 (implicit chaining is the point)
     except ValueError as masked:
         assert isinstance(training.interrupt_behind(masked), KeyboardInterrupt)
+
+
+def test_a_soft_time_limit_masked_by_a_library_error_fails_the_job_as_time_limit_exceeded(monkeypatch, tmp_path):
+    """Celery's soft time limit is a signal too: arriving inside torch.save, the zip writer's error masked it and
+    the job failed as training_error (seen in tests/e2e/test_faults.py). It must fail as time_limit_exceeded."""
+    import uuid
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from core.errors import ErrorCode
+    from core.spec import JobStatus, TrainingSpec
+    from tests.helpers import make_settings
+    from worker import training
+
+    def interrupted(*_args, **_kwargs):
+        try:
+            raise SoftTimeLimitExceeded()
+        except SoftTimeLimitExceeded:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 416896 vs 416800")  # noqa: B904
+
+    failures = []
+    monkeypatch.setattr(training, "_train_export_register", interrupted)
+    monkeypatch.setattr(training.JobRun, "fail", lambda self, code, message: failures.append((code, message)))
+    run = training.JobRun(sessionmaker=None, settings=make_settings(tmp_path), job_id=uuid.uuid4(), owner="worker-1",
+                          spec=TrainingSpec(dataset_id=uuid.uuid4(), device="cpu", max_runtime_seconds=10),
+                          dataset_sha256=None, checkpoint=None)
+    assert training._run(run) == JobStatus.failed
+    assert [code for code, _ in failures] == [ErrorCode.time_limit_exceeded] and "10 s" in failures[0][1]
