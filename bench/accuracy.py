@@ -140,7 +140,7 @@ def run_ours(split: Split, extra: dict, *, seed: int, device: str) -> dict:
     train_s = time.perf_counter() - t
 
     out = {"device": str(dev), "train_s": round(train_s, 2), "epochs_run": result.metrics.get("epochs_run"),
-           "best_epoch": result.metrics.get("best_epoch"),
+           "best_epoch": result.metrics.get("best_epoch"), "tfidf_weight": result.metrics.get("tfidf_weight"),
            "val_accuracy": round(100 * result.metrics["accuracy"], 2),
            "val_macro_f1": round(100 * result.metrics["macro_f1"], 2),
            "spec": spec.model_dump(mode="json")}

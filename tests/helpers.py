@@ -478,6 +478,7 @@ def run_story(base: str) -> None:
 
     evaluation = requests.get(f"{base}/v1/models/{model['id']}/evaluation", timeout=10).json()
     assert evaluation["validation"]["examples"] > 0 and evaluation["test"] is None
+    assert evaluation["validation"]["scored"] == "served_model"  # no refit by default
     assert evaluation["validation"]["confusion_matrix"]["labels"] == ["cooking", "sports"]
 
     texts = ["the team scored a goal", "stir the soup and season with salt"]

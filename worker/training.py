@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -321,7 +322,7 @@ def _export(run: JobRun, *, data: JobData, result: TrainResult, device_name: str
         parity = _write_model(work_dir, result=result, spec=spec, label_names=data.label_names)
         run.write_progress({**_last_progress(result, spec), "stage": "evaluating"})
         evaluation = _evaluate_exported(work_dir, data.label_names, (result.val_texts, result.val_y),
-                                        (data.test_texts, data.test_labels))
+                                        (data.test_texts, data.test_labels), val_proba=result.val_proba)
         metrics = {**_flat_metrics(result.metrics), "onnx_parity": parity, "device": device_name,
                    "dataset_sha256": run.dataset_sha256, "seed": spec.seed,
                    **_summary(evaluation["test"], "test")}
@@ -540,12 +541,19 @@ def _load_data(settings: Settings, spec: TrainingSpec) -> JobData:
 
 
 def _evaluate_exported(model_dir: Path, label_names: list[str], validation: tuple[list[str], list[int]],
-                       test: tuple[list[str], list[str]]) -> dict[str, Any]:
-    """Evaluate the ONNX model in `model_dir` (what will be served) on validation and, if any, test data."""
+                       test: tuple[list[str], list[str]], *, val_proba: np.ndarray | None = None) -> dict[str, Any]:
+    """Evaluate the ONNX model in `model_dir` (what will be served) on validation and, if any, test data.
+
+    `val_proba`: the validation probabilities to report instead, where the served model has seen the validation
+    rows (its TF-IDF member refit on them): scored by the served model they would overstate it.
+    """
     predictor = OnnxPredictor(model_dir)
     val_texts, val_y = validation
-    evaluation = {"validation": evaluate(predictor.predict_proba(val_texts), val_y, label_names, val_texts),
-                  "test": None}
+    refit = val_proba is not None
+    validation_scores = evaluate(val_proba if refit else predictor.predict_proba(val_texts), val_y, label_names,
+                                 val_texts)
+    validation_scores["scored"] = "before_refit" if refit else "served_model"
+    evaluation = {"validation": validation_scores, "test": None}
     index = {name: i for i, name in enumerate(label_names)}
     test_texts, test_labels = test
     known = [i for i, y in enumerate(test_labels) if y in index]
@@ -553,6 +561,7 @@ def _evaluate_exported(model_dir: Path, label_names: list[str], validation: tupl
         kept = [test_texts[i] for i in known]
         evaluation["test"] = evaluate(predictor.predict_proba(kept), [index[test_labels[i]] for i in known],
                                       label_names, kept)
+        evaluation["test"]["scored"] = "served_model"
         # Test rows whose label the model never saw cannot be scored; say how many were left out.
         evaluation["test"]["unknown_label_examples"] = len(test_labels) - len(known)
     return evaluation

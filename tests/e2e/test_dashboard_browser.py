@@ -121,6 +121,10 @@ def test_dashboard_pages_in_chromium(tmp_path, processes, browser):
     # the default model is a blend: the facts say what each half scored alone
     facts = browser.find_element(By.CSS_SELECTOR, "dl.facts").text
     assert "val accuracy, network alone" in facts and "val accuracy, TF-IDF alone" in facts
+    weight = browser.execute_script(
+        "return [...document.querySelectorAll('dl.facts dt')].find((dt) => dt.textContent === "
+        "'TF-IDF weight in the blend').nextElementSibling.textContent;")
+    assert weight == str(done["metrics"]["tfidf_weight"])  # chosen on validation (the default), not refit
     shots.append(screenshot(browser, "job"))
     browser.find_element(By.CSS_SELECTOR, '#evaluation button[data-split="test"]').click()
     cells = wait_count(browser, "#evaluation svg.heatmap rect.cell", 4)

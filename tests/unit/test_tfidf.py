@@ -17,7 +17,7 @@ from core.ml.tokenizer import TextEncoder, fit_tokenizer
 from core.spec import TfidfSpec, TokenizerSpec, TrainingSpec
 from worker.ml.model import BIGRAM_PRIME, Blend, TfidfLinear
 from worker.ml.tfidf import BIGRAM_MIN_DF, fit_logistic_regression, fit_tfidf, ngram_counts
-from worker.ml.train import train
+from worker.ml.train import BLEND_WEIGHTS, choose_blend_weight, train
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +52,7 @@ def test_the_member_is_the_model_scikit_learn_fits_on_tfidf_features():
     encoder = TextEncoder(fit_tokenizer(texts, TokenizerSpec(vocab_size=100)), max_length=32)
     ids, mask = encoder.encode(texts)
     spec = TfidfSpec(c=10.0, bigram_buckets=4_096)
-    member = fit_tfidf(spec, ids, mask, y, vocab_size=encoder.vocab_size, num_classes=3)
+    member = fit_tfidf(spec, ids, mask, y, vocab_size=encoder.vocab_size, num_classes=3).linear
 
     # The same features built by scikit-learn: words and hashed bigrams as tokens, smoothed idf, L2 rows.
     def analyse(text: str) -> list[str]:
@@ -123,10 +123,17 @@ def _spec(**model) -> TrainingSpec:
 def test_training_reports_each_member_and_scores_the_blend():
     texts, y = _texts(200, seed=2)
     labels = [str(c) for c in y]
-    blended = train(_spec(), texts, labels, label_names=["0", "1", "2"], device=CPU)
+    blended = train(_spec(tfidf={"weight": None, "refit": True}), texts, labels, label_names=["0", "1", "2"],
+                    device=CPU)
     assert isinstance(blended.model, Blend)
     m = blended.metrics
-    assert {"network_val_accuracy", "tfidf_val_accuracy", "tfidf_fit_seconds"} <= m.keys()
+    assert {"network_val_accuracy", "tfidf_val_accuracy", "tfidf_fit_seconds", "tfidf_weight"} <= m.keys()
+    assert m["tfidf_weight"] in BLEND_WEIGHTS and m["tfidf_refit"] is True
+    assert blended.model.weight == m["tfidf_weight"]
+    # The reported validation scores are the blend's before the refit, and its probabilities come back for the
+    # evaluation: the served member has seen the validation rows.
+    assert blended.val_proba is not None and blended.val_proba.shape == (len(blended.val_y), 3)
+    assert m["accuracy"] == pytest.approx(float(np.mean(blended.val_proba.argmax(1) == np.array(blended.val_y))))
     # The network alone, trained identically, is the blend's network member.
     alone = train(_spec(tfidf=None), texts, labels, label_names=["0", "1", "2"], device=CPU)
     assert not isinstance(alone.model, Blend) and "tfidf_val_accuracy" not in alone.metrics
@@ -137,7 +144,7 @@ def test_training_reports_each_member_and_scores_the_blend():
 
 def test_spec_defaults_and_bounds():
     spec = _spec()
-    assert spec.model.tfidf == TfidfSpec(weight=0.5, c=10.0, bigram_buckets=262_144)
+    assert spec.model.tfidf == TfidfSpec(weight=0.5, refit=False, c=10.0, bigram_buckets=262_144)
     fast = TrainingSpec.model_validate({"dataset_id": str(uuid.uuid4()), "preset": "fast"})
     assert fast.model.tfidf.weight == 0.85
     assert TrainingSpec.model_validate({"dataset_id": str(uuid.uuid4()), "preset": "fast",
@@ -151,9 +158,11 @@ def test_a_weight_budget_keeps_the_most_frequent_features(monkeypatch):
     texts, y = _texts(300, seed=3)
     encoder = TextEncoder(fit_tokenizer(texts, TokenizerSpec(vocab_size=100)), max_length=32)
     ids, mask = encoder.encode(texts)
-    full = fit_tfidf(TfidfSpec(bigram_buckets=4_096), ids, mask, y, vocab_size=encoder.vocab_size, num_classes=3)
+    full = fit_tfidf(TfidfSpec(bigram_buckets=4_096), ids, mask, y, vocab_size=encoder.vocab_size,
+                     num_classes=3).linear
     monkeypatch.setattr(tfidf_mod, "MAX_WEIGHTS", 3 * 20)  # 20 features of 3 classes
-    small = fit_tfidf(TfidfSpec(bigram_buckets=4_096), ids, mask, y, vocab_size=encoder.vocab_size, num_classes=3)
+    small = fit_tfidf(TfidfSpec(bigram_buckets=4_096), ids, mask, y, vocab_size=encoder.vocab_size,
+                      num_classes=3).linear
     kept = int((small.word_idf2 > 0).sum() + (small.bigram_idf2 > 0).sum())
     assert kept == 20 and len(small.bigram_weight) < len(full.bigram_weight)
     # The most frequent features have the lowest idf: every kept word is at least as common as every dropped one.
@@ -164,3 +173,40 @@ def test_a_weight_budget_keeps_the_most_frequent_features(monkeypatch):
     with torch.no_grad():  # still a working classifier on its training texts
         scores = small(torch.from_numpy(ids), torch.from_numpy(mask).float())
     assert (scores.argmax(dim=1).numpy() == y).mean() > 0.6
+
+
+def test_the_weight_is_chosen_on_validation_and_ties_go_to_an_even_blend():
+    y = np.array([0, 1, 0, 1])
+    confident = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]])
+    wrong = confident[:, ::-1].copy()
+    # The network right and the TF-IDF member wrong: the smallest weight scores best by accuracy and by loss.
+    assert choose_blend_weight(confident, wrong, y, "accuracy") == 0.45  # every weight under 0.5 ties at 100 %
+    assert choose_blend_weight(confident, wrong, y, "loss") == BLEND_WEIGHTS[0]
+    assert choose_blend_weight(wrong, confident, y, "macro_f1") == 0.55
+    # Both members equally good: every weight ties, so 0.5.
+    assert choose_blend_weight(confident, confident, y, "accuracy") == 0.5
+
+
+def test_a_fixed_weight_is_kept_and_only_refit_serves_a_second_fit():
+    texts, y = _texts(200, seed=4)
+    labels = [str(c) for c in y]
+    fixed = train(_spec(tfidf={"weight": 0.3}), texts, labels, label_names=["0", "1", "2"], device=CPU)
+    assert fixed.model.weight == 0.3 and fixed.metrics["tfidf_weight"] == 0.3 and fixed.metrics["tfidf_refit"] is False
+    assert fixed.val_proba is None
+    refit = train(_spec(tfidf={"weight": 0.3, "refit": True}), texts, labels, label_names=["0", "1", "2"], device=CPU)
+    # Same network and weight; the refit member was fit on more rows, so its weights differ.
+    assert not torch.equal(refit.model.linear.bias, fixed.model.linear.bias)
+    assert refit.metrics["accuracy"] == fixed.metrics["accuracy"]  # both the blend before any refit
+
+
+def test_a_warm_started_fit_reaches_the_same_optimum():
+    texts, y = _texts(300, seed=5)
+    encoder = TextEncoder(fit_tokenizer(texts, TokenizerSpec(vocab_size=100)), max_length=32)
+    ids, mask = encoder.encode(texts)
+    spec = TfidfSpec(c=1.0, bigram_buckets=4_096)
+    first = fit_tfidf(spec, ids[:250], mask[:250], y[:250], vocab_size=encoder.vocab_size, num_classes=3)
+    cold = fit_tfidf(spec, ids, mask, y, vocab_size=encoder.vocab_size, num_classes=3)
+    warm = fit_tfidf(spec, ids, mask, y, vocab_size=encoder.vocab_size, num_classes=3, warm=first)
+    np.testing.assert_array_equal(cold.columns, warm.columns)
+    np.testing.assert_allclose(warm.coef, cold.coef, atol=2e-3)
+    np.testing.assert_allclose(warm.bias, cold.bias, atol=2e-3)

@@ -90,6 +90,9 @@ class TrainResult:
     # label_names). The caller checks parity and evaluates on exactly these, never on a split of its own.
     val_texts: list[str] = field(default_factory=list)
     val_y: list[int] = field(default_factory=list)
+    # The validation probabilities of the model as selected, where what is served has since seen those rows (the
+    # TF-IDF member refit on them): the caller evaluates these instead of the served model's. None: no refit.
+    val_proba: np.ndarray | None = None
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -515,27 +518,68 @@ def predict_proba(
     return torch.cat(out).numpy()
 
 
-def blend_tfidf(network: nn.Module, spec: TfidfSpec, data: TrainData, *, num_classes: int,
-                network_scores: dict) -> tuple[nn.Module, dict, dict]:
-    """Fit the TF-IDF member on the training split and blend it with `network` (CPU, eval mode).
+# The blend weights tried when the spec leaves TfidfSpec.weight to the validation split.
+BLEND_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
-    Returns the blend, its validation scores (what is exported and served is the blend, so its scores are the
-    model's), and each member's own validation scores with the fit's time, for the metrics.
+
+def choose_blend_weight(network_proba: np.ndarray, tfidf_proba: np.ndarray, y: np.ndarray, metric: str) -> float:
+    """The weight in BLEND_WEIGHTS whose blend scores best on (network_proba, tfidf_proba, y) by `metric`
+    (accuracy, macro_f1 or loss); among equal scores the one nearest 0.5, then the smaller: on a small validation
+    split many weights tie, and an even blend is the prior that needs no evidence."""
+    def score(w: float) -> float:
+        s = evaluate_logits(np.log((1.0 - w) * network_proba + w * tfidf_proba + 1e-30), y)[metric]
+        return -s if metric == "loss" else s
+    return max(BLEND_WEIGHTS, key=lambda w: (round(score(w), 12), -abs(w - 0.5), -w))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _stack(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rows of a, then rows of b, right-padded with PAD_ID (0) to the wider of the two."""
+    width = max(a.shape[1], b.shape[1])
+    return np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for m in (a, b)])
+
+
+def blend_tfidf(network: nn.Module, spec: TfidfSpec, data: TrainData, *, num_classes: int,
+                network_scores: dict, metric: str) -> tuple[nn.Module, dict, dict, np.ndarray | None]:
+    """Fit the TF-IDF member on the training split, weigh it against `network` on the validation split (unless
+    the spec fixes the weight) and, with spec.refit, fit it again on training and validation rows together:
+    what is served. `metric` is the validation score that picked the network's epoch; it picks the weight too.
+
+    Returns the blend (CPU, eval mode); its validation scores before any refit (the refit member has seen the
+    validation rows, so only these are an honest estimate); each member's own validation scores, the weight and
+    the fits' time, for the metrics; and, where the member was refit, the blend's validation probabilities before
+    it, for the caller's evaluation (None otherwise: the served model's own are honest).
     """
     train, val = data.train, data.val
     fit_start = time.monotonic()
-    linear = fit_tfidf(spec, train.ids, train.mask, train.y, vocab_size=data.encoder.vocab_size,
-                       num_classes=num_classes, class_weight=data.class_weights)
-    fit_seconds = round(time.monotonic() - fit_start, 3)
+    first = fit_tfidf(spec, train.ids, train.mask, train.y, vocab_size=data.encoder.vocab_size,
+                      num_classes=num_classes, class_weight=data.class_weights)
     with torch.no_grad():
-        alone = evaluate_logits(linear(torch.from_numpy(val.ids), torch.from_numpy(val.mask).float()).numpy(), val.y)
+        tfidf_logits = first.linear(torch.from_numpy(val.ids), torch.from_numpy(val.mask).float()).numpy()
+    network_logits = _predict_logits(network, val.ids, val.mask, val.lengths, data.encoder.min_length,
+                                     torch.device("cpu"), contextlib.nullcontext)
+    network_proba, tfidf_proba = _softmax(network_logits), _softmax(tfidf_logits)
+    weight = spec.weight if spec.weight is not None else choose_blend_weight(network_proba, tfidf_proba, val.y,
+                                                                             metric)
+    val_proba = (1.0 - weight) * network_proba + weight * tfidf_proba
+    scores = evaluate_logits(np.log(val_proba + 1e-30), val.y)
+    member = first
+    if spec.refit:
+        member = fit_tfidf(spec, _stack(train.ids, val.ids), _stack(train.mask, val.mask),
+                           np.concatenate([train.y, val.y]), vocab_size=data.encoder.vocab_size,
+                           num_classes=num_classes, class_weight=data.class_weights, warm=first)
+    alone = evaluate_logits(tfidf_logits, val.y)
     members = {"network_val_accuracy": network_scores["accuracy"], "network_val_macro_f1": network_scores["macro_f1"],
                "tfidf_val_accuracy": alone["accuracy"], "tfidf_val_macro_f1": alone["macro_f1"],
-               "tfidf_fit_seconds": fit_seconds}
-    blend = Blend(network, linear, spec.weight).eval()
-    scores = evaluate_logits(_predict_logits(blend, val.ids, val.mask, val.lengths, data.encoder.min_length,
-                                             torch.device("cpu"), contextlib.nullcontext), val.y)
-    return blend, scores, members
+               "tfidf_weight": weight, "tfidf_refit": spec.refit,
+               "tfidf_fit_seconds": round(time.monotonic() - fit_start, 3)}
+    blend = Blend(network, member.linear, weight).eval()
+    return blend, scores, members, (val_proba if spec.refit else None)
 
 
 # -----------------------------------------------------------------------------
@@ -865,11 +909,12 @@ def train(
 
     # evaluate
     model.load_state_dict(state.best_state)
-    model, best, members = model.cpu().eval(), state.best, {}
+    model, best, members, val_proba = model.cpu().eval(), state.best, {}, None
     if spec.model.tfidf is not None:
         # Fit after the loop (a resumed run fits it too): the network's best epoch is picked on its own.
-        model, best, members = blend_tfidf(model, spec.model.tfidf, data, num_classes=len(label_names),
-                                             network_scores=state.best)
+        model, best, members, val_proba = blend_tfidf(
+            model, spec.model.tfidf, data, num_classes=len(label_names), network_scores=state.best,
+            metric=loop.selection.metric.removeprefix("val_"))
     prov = collect_provenance(spec, device)
     metrics = {
         **best,
@@ -883,4 +928,5 @@ def train(
         "provenance": prov,
     }
     return TrainResult(model=model, encoder=data.encoder, history=state.history, metrics=metrics,
-                       device=str(device), provenance=prov, val_texts=data.val_texts, val_y=data.val.y.tolist())
+                       device=str(device), provenance=prov, val_texts=data.val_texts, val_y=data.val.y.tolist(),
+                       val_proba=val_proba)

@@ -93,6 +93,10 @@ function jobFacts(job) {
     if (job.metrics.network_val_accuracy !== undefined) {
       facts.push(["val accuracy, network alone", fixed(job.metrics.network_val_accuracy)],
                  ["val accuracy, TF-IDF alone", fixed(job.metrics.tfidf_val_accuracy)]);
+      if (job.metrics.tfidf_weight !== undefined) {
+        facts.push(["TF-IDF weight in the blend", String(job.metrics.tfidf_weight) +
+                    (job.metrics.tfidf_refit ? " (refit on validation rows)" : "")]);
+      }
     }
   }
   const list = h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
