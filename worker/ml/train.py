@@ -23,6 +23,7 @@ import torch
 # cost falls at import time, which the Celery parent pays once for all jobs (worker/celery_app.py).
 import torch._dynamo  # noqa: F401
 import torch.nn.functional as F
+from scipy.special import softmax
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
@@ -532,12 +533,6 @@ def choose_blend_weight(network_proba: np.ndarray, tfidf_proba: np.ndarray, y: n
     return max(BLEND_WEIGHTS, key=lambda w: (round(score(w), 12), -abs(w - 0.5), -w))
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
 def _stack(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rows of a, then rows of b, right-padded with PAD_ID (0) to the wider of the two."""
     width = max(a.shape[1], b.shape[1])
@@ -563,7 +558,8 @@ def blend_tfidf(network: nn.Module, spec: TfidfSpec, data: TrainData, *, num_cla
         tfidf_logits = first.linear(torch.from_numpy(val.ids), torch.from_numpy(val.mask).float()).numpy()
     network_logits = _predict_logits(network, val.ids, val.mask, val.lengths, data.encoder.min_length,
                                      torch.device("cpu"), contextlib.nullcontext)
-    network_proba, tfidf_proba = _softmax(network_logits), _softmax(tfidf_logits)
+    network_proba, tfidf_proba = (softmax(np.asarray(z, dtype=np.float64), axis=1)
+                                  for z in (network_logits, tfidf_logits))
     weight = spec.weight if spec.weight is not None else choose_blend_weight(network_proba, tfidf_proba, val.y,
                                                                              metric)
     val_proba = (1.0 - weight) * network_proba + weight * tfidf_proba
