@@ -16,7 +16,7 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
     # Imported here, as in Flask's tutorial: `textclf` client verbs import this package without loading the
     # views, onnxruntime and Celery.
     from app import auth, errors_http, extensions, middleware, openapi, ratelimit, web
-    from app.api import datasets, health, jobs, keys, models, sweeps
+    from app.api import base_models, datasets, health, jobs, keys, models, sweeps
 
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -36,6 +36,6 @@ def create_app(settings: Settings | None = None, *, session_factory: sessionmake
              expose_headers=["X-Request-ID", "Retry-After", "Location"], max_age=600)
     auth.init_app(app, settings)  # before the rate limiter: limits count per authenticated key
     ratelimit.init_app(app, settings)
-    for module in (health, datasets, jobs, sweeps, models, keys, openapi, web):
+    for module in (health, datasets, jobs, sweeps, models, base_models, keys, openapi, web):
         app.register_blueprint(module.bp)
     return app

@@ -36,6 +36,8 @@ ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
     ("GET", "/v1/models/<model_id>/evaluation"): Scope.read,
     ("GET", "/v1/models/<model_id>/bundle"): Scope.read,
     ("GET", "/v1/aliases"): Scope.read,
+    ("GET", "/v1/base-models"): Scope.read,
+    ("GET", "/v1/base-models/<name>"): Scope.read,
     ("GET", "/v1/sweeps"): Scope.read,
     ("GET", "/v1/sweeps/<sweep_id>"): Scope.read,
     ("GET", "/metrics"): Scope.read,
@@ -54,6 +56,8 @@ ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
     ("PUT", "/v1/aliases/<name>"): Scope.admin,
     ("DELETE", "/v1/aliases/<name>"): Scope.admin,
     ("POST", "/v1/sweeps/<sweep_id>/promote"): Scope.admin,  # moves an alias
+    ("POST", "/v1/base-models"): Scope.admin,  # what every encoder job runs: weights from outside
+    ("DELETE", "/v1/base-models/<name>"): Scope.admin,
     ("GET", "/v1/keys"): Scope.admin,
     ("POST", "/v1/keys"): Scope.admin,
     ("DELETE", "/v1/keys/<key_id>"): Scope.admin,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from core.db.tables import Model
-from core.ml.tokenizer import MIN_TOKENS, PAD_ID
+from core.ml.tokenizer import TextEncoder
 
 # Bundles are built in memory up to this size, then in a temporary file.
 _SPOOL_BYTES = 32 * 1024 * 1024
@@ -27,7 +27,8 @@ tokenizer = Tokenizer.from_str(bundle.read("tokenizer.json").decode())
 session = ort.InferenceSession(bundle.read("model.onnx"), providers=["CPUExecutionProvider"])
 
 texts = ["How far is it from Denver to Aspen ?", "Who wrote Hamlet ?"]
-rows = [e.ids[: card["max_tokens"]] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+encoded = tokenizer.encode_batch(texts, add_special_tokens=card["add_special_tokens"])
+rows = [e.ids[: card["max_tokens"]] for e in encoded]
 width = max(card["min_tokens"], *map(len, rows))
 ids = np.array([r + [card["pad_id"]] * (width - len(r)) for r in rows], dtype=np.int64)
 mask = np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=np.int64)
@@ -41,8 +42,9 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
 
 
-def model_card(model: Model) -> dict[str, Any]:
-    """What the model is, what it was trained on, how well it did, and how to feed it."""
+def model_card(model: Model, encoder: TextEncoder) -> dict[str, Any]:
+    """What the model is, what it was trained on, how well it did, and how to feed it (`encoder`: the model's
+    tokenizer.json as the service reads it)."""
     spec = model.spec
     return {
         "id": str(model.id), "name": model.name, "version": model.version,
@@ -53,8 +55,10 @@ def model_card(model: Model) -> dict[str, Any]:
         # The graph's contract, so a client can build its inputs without this service's code.
         "inputs": {"input_ids": "int64 [batch, tokens]", "attention_mask": "int64 [batch, tokens], 1 = token"},
         "outputs": {"logits": "float32 [batch, labels]; softmax gives the scores the API returns"},
-        "pad_id": PAD_ID, "min_tokens": MIN_TOKENS, "max_tokens": spec["tokenizer"]["max_length"],
-        "tokenizer": "tokenizer.json (HF tokenizers; encode with add_special_tokens=False)",
+        "pad_id": encoder.pad_id, "min_tokens": encoder.min_length, "max_tokens": encoder.max_length,
+        # A pretrained encoder's tokenizer.json adds its [CLS]/[SEP] itself (and truncates keeping them).
+        "add_special_tokens": encoder.special_tokens,
+        "tokenizer": f"tokenizer.json (HF tokenizers; encode with add_special_tokens={encoder.special_tokens})",
     }
 
 
@@ -73,7 +77,7 @@ def _readme(card: dict[str, Any], file_name: str) -> str:
 
 def write_bundle(model: Model, folder: Path) -> IO[bytes]:
     """The zip of `folder`'s model, rewound and ready to stream."""
-    card = model_card(model)
+    card = model_card(model, TextEncoder.from_file(folder / "tokenizer.json", model.spec["tokenizer"]["max_length"]))
     out = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in ("model.onnx", "tokenizer.json", "labels.json"):

@@ -11,6 +11,8 @@ from pydantic.json_schema import models_json_schema
 
 from app import __version__
 from app.auth import is_public
+from core.base_models import NAME_PATTERN as BASE_MODEL_NAME_PATTERN
+from core.base_models import BaseModelRead
 from core.spec import (
     ALIAS_PATTERN,
     AliasRead,
@@ -33,7 +35,8 @@ from core.sweeps import SweepCreate, SweepPromote, SweepPromoted, SweepRead
 
 _MODELS: list[type[BaseModel]] = [TrainingSpec, JobRead, DatasetRead, DatasetCreate, ModelRead, ModelUpdate,
                                   PredictRequest, PredictResponse, AliasSet, AliasRead, EvaluationRead, ApiKeyCreate,
-                                  ApiKeyRead, ApiKeyCreated, SweepCreate, SweepRead, SweepPromote, SweepPromoted]
+                                  ApiKeyRead, ApiKeyCreated, SweepCreate, SweepRead, SweepPromote, SweepPromoted,
+                                  BaseModelRead]
 REF = "#/components/schemas/{model}"
 
 bp = Blueprint("openapi", __name__)
@@ -67,6 +70,8 @@ TAGS = [
     {"name": "sweeps", "description": "One spec trained several ways (grid or random search), ranked by a metric."},
     {"name": "models", "description": "Trained models: metrics, evaluation, abstain threshold, a portable bundle."},
     {"name": "aliases", "description": "Names that point at a model (`default` serves /v1/predict)."},
+    {"name": "base-models", "description": "Pretrained encoders (Hugging Face folders, safetensors weights) that "
+                                           "`encoder` jobs fine-tune; installed and removed by admins."},
     {"name": "predict", "description": "Classify texts with a model, an alias or the default model."},
     {"name": "keys", "description": "API keys and their scopes (admin)."},
     {"name": "health", "description": "Liveness and readiness probes (no key needed)."},
@@ -248,6 +253,28 @@ def build_openapi() -> dict[str, Any]:
                                   **_errors(400, 409, 415, 422)}},
             "delete": {"summary": "Remove an alias", "responses": {"204": {"description": "Removed"},
                                                                    **_errors(404, 422)}},
+        },
+        "/v1/base-models": {
+            "post": {"summary": "Install a base model (admin): a zip of its Hugging Face folder (config.json, "
+                                "model.safetensors, tokenizer.json), at the root or in one top-level folder",
+                     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                         "type": "object", "required": ["file"], "properties": {
+                             "file": {"type": "string", "format": "binary"},
+                             "name": {"type": "string", "pattern": BASE_MODEL_NAME_PATTERN,
+                                      "description": "Default: the zip's top-level folder, else the zip's name."}}}}}},
+                     "responses": {"201": {"description": "Installed", **_json(_ref("BaseModelRead"))},
+                                   **_errors(400, 409, 413, 415, 422)}},
+            "get": {"summary": "List installed base models, oldest first", "responses": {
+                "200": {"description": "All of them", **_json({
+                    "type": "object", "properties": {"items": {"type": "array", "items": _ref("BaseModelRead")}}})}}},
+        },
+        "/v1/base-models/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": BASE_MODEL_NAME_PATTERN}}],
+            "get": {"summary": "A base model", "responses": {
+                "200": {"description": "Found", **_json(_ref("BaseModelRead"))}, **_errors(404)}},
+            "delete": {"summary": "Remove a base model and its files (admin)", "responses": {
+                "204": {"description": "Removed"}, **_errors(404, 409)}},
         },
         "/v1/keys": {
             "post": {"summary": "Create an API key (admin); its secret is in this reply only",

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         None, validation_alias="ARTIFACT_DIR",
         description="Where datasets, models and checkpoints are written; default DATA_DIR/artifacts.",
     )
+    base_models_dir: Path | None = Field(
+        None, validation_alias="BASE_MODELS_DIR",
+        description="Where installed base models (pretrained encoders to fine-tune) live, one folder each; "
+                    "default DATA_DIR/base-models. The API writes it, the workers read it.",
+    )
     # Redis re-delivers a message not acked within this many seconds; it must outlast the longest job.
     broker_visibility_timeout: int = Field(
         48 * 3600, ge=60, validation_alias="BROKER_VISIBILITY_TIMEOUT",
@@ -59,6 +64,11 @@ class Settings(BaseSettings):
         100 * 1024 * 1024, ge=1024, validation_alias="MAX_UPLOAD_BYTES",
         description="Largest request body accepted (413 above it).",
     )
+    # bert-base's weights are about 440 MB; 2 GiB leaves room for large ones (bert-large: 1.3 GB).
+    base_model_max_upload_mb: int = Field(
+        2048, ge=1, validation_alias="BASE_MODEL_MAX_UPLOAD_MB",
+        description="Largest base model upload (POST /v1/base-models), in MiB, zipped and unpacked alike (413 above "
+                    "it); MAX_UPLOAD_BYTES does not apply to it.")
     max_dataset_rows: int = Field(2_000_000, ge=10, validation_alias="MAX_DATASET_ROWS",
                                   description="Most rows one dataset may have.")
     max_text_chars: int = Field(100_000, ge=10, validation_alias="MAX_TEXT_CHARS",
@@ -156,6 +166,7 @@ class Settings(BaseSettings):
         if self.artifact_dir is None:
             self.artifact_dir = self.data_dir / "artifacts"
         self.artifact_dir = self.artifact_dir.expanduser().absolute()
+        self.base_models_dir = (self.base_models_dir or self.data_dir / "base-models").expanduser().absolute()
         self.metrics_dir = (self.metrics_dir or self.data_dir / "prometheus").expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'textclf.db'}"

@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     invalid_json = "invalid_json"
     validation_error = "validation_error"
     invalid_dataset = "invalid_dataset"
+    invalid_base_model = "invalid_base_model"
     unauthorized = "unauthorized"
     forbidden = "forbidden"
     not_found = "not_found"
@@ -30,6 +31,7 @@ class ErrorCode(StrEnum):
     internal = "internal"
     # job-only codes, shown in GET /v1/jobs/{id}
     dataset_missing = "dataset_missing"
+    base_model_missing = "base_model_missing"
     training_diverged = "training_diverged"
     spec_data_mismatch = "spec_data_mismatch"
     worker_lost = "worker_lost"

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from core import ingest
 from core.config import Settings
-from core.db import datasets
+from core.db import base_models, datasets
 from core.db.datasets import records_path
 from core.db.tables import Dataset
 from core.errors import ErrorCode, ServiceError, detail, prefixed
@@ -34,8 +34,26 @@ def _gru(n_in: int, hidden: int) -> int:
     return 3 * hidden * (n_in + hidden + 2)
 
 
-def estimate_params(model: ModelSpec, *, vocab_size: int, num_classes: int) -> int:
-    """Trainable parameters of `model` with an embedding table of `vocab_size` rows and `num_classes` outputs."""
+@dataclass(frozen=True)
+class EncoderShape:
+    """What of an installed base model (model.name encoder) drives its size and training memory."""
+
+    num_parameters: int
+    hidden_size: int
+    num_layers: int
+
+    @property
+    def heads(self) -> int:
+        return max(1, self.hidden_size // 64)  # BERT's convention; the registry does not record the count
+
+
+def estimate_params(model: ModelSpec, *, vocab_size: int, num_classes: int, base: EncoderShape | None = None) -> int:
+    """Trainable parameters of `model` with an embedding table of `vocab_size` rows and `num_classes` outputs
+    (encoder: the base model's own, plus the head)."""
+    if model.name == "encoder":
+        if base is None:
+            raise ValueError("an encoder's size comes from its base model")
+        return base.num_parameters + _linear(base.hidden_size, num_classes)
     embedding = vocab_size * model.embedding_dim
     if model.name == "textcnn":
         features = model.num_filters * len(model.filter_sizes)
@@ -59,9 +77,9 @@ def estimate_params(model: ModelSpec, *, vocab_size: int, num_classes: int) -> i
     return body + norm + wide + _linear(features, num_classes)
 
 
-def spec_params(spec: TrainingSpec, *, num_classes: int) -> int:
+def spec_params(spec: TrainingSpec, *, num_classes: int, base: EncoderShape | None = None) -> int:
     """Upper bound for a job: the vocabulary can grow to tokenizer.vocab_size (special tokens included)."""
-    return estimate_params(spec.model, vocab_size=spec.tokenizer.vocab_size, num_classes=num_classes)
+    return estimate_params(spec.model, vocab_size=spec.tokenizer.vocab_size, num_classes=num_classes, base=base)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -86,6 +104,19 @@ RECORD_BYTE_FACTOR = 6
 # Everything of a job that no spec field drives: the tokenizer's tables, torch's thread pools and allocator
 # caches, the ONNX exporter and onnxruntime sessions for the parity check and the evaluation.
 FIXED_BYTES = 200 * MB
+
+
+# Rows per validation pass of an encoder (worker/ml/encoder.py EncoderClassifier.eval_batch).
+ENCODER_EVAL_ROWS = 64
+# transformers and the base model's loading add this much to an encoder job's process beyond FIXED_BYTES.
+ENCODER_FIXED_BYTES = 300 * MB
+
+
+def _encoder_floats_per_token(base: EncoderShape, width: int) -> int:
+    """Activation floats a fine-tuning step keeps per (row, token): per layer, the ~17 hidden-sized tensors a
+    BERT layer saves for backward (Korthikanti et al. 2022, 34sbh bytes in 16 bits) and its attention scores,
+    probabilities and dropout mask (3 x heads x width), plus the embeddings'."""
+    return base.num_layers * (17 * base.hidden_size + 3 * base.heads * width) + 4 * base.hidden_size
 
 
 def _floats_per_token(model: ModelSpec, num_classes: int) -> int:
@@ -136,20 +167,32 @@ class DataShape:
         return self.longest_words if kind == "word" else self.longest_chars
 
 
-def estimate_training_bytes(spec: TrainingSpec, data: DataShape, *, num_classes: int) -> dict[str, int]:
+def estimate_training_bytes(spec: TrainingSpec, data: DataShape, *, num_classes: int,
+                            base: EncoderShape | None = None) -> dict[str, int]:
     """Peak memory a training job adds to its process, by part (bytes): "activations", "parameters", "data",
     "tfidf" and "fixed"; their sum is the estimate. Every text is padded to the longest kept, so that length,
     the batch and the model's width set the activations. The vocabulary is taken at tokenizer.vocab_size.
     Measured figures against it: bench/training_memory.py.
     """
     rows, records_bytes = data.rows, data.records_bytes
-    width = max(min(spec.tokenizer.max_length, data.longest_tokens(spec.tokenizer.kind)), 1)
-    per_token = _floats_per_token(spec.model, num_classes)
+    encoder = spec.model.name == "encoder"
+    # an encoder's subword units are bounded by characters, plus its [CLS] and [SEP]
+    longest = data.longest_chars + 2 if encoder else data.longest_tokens(spec.tokenizer.kind)
+    width = max(min(spec.tokenizer.max_length, longest), 1)
+    if encoder and base is None:
+        raise ValueError("an encoder's training memory depends on its base model")
+    per_token = _encoder_floats_per_token(base, width) if encoder else _floats_per_token(spec.model, num_classes)
     val_rows = math.ceil(rows * (1 - spec.test_split) * spec.validation_split)
     batch = min(spec.batch_size, rows - val_rows)
-    # A training step keeps forward activations and gradients; a validation pass only the forward half.
-    activations = max(batch * width * per_token, min(EVAL_ROWS, val_rows) * width * per_token // 2) * FLOAT
-    params = spec_params(spec, num_classes=num_classes)
+    # A training step keeps forward activations and gradients; a validation pass only the forward half (an
+    # encoder's, one layer's worth at a time, in smaller batches).
+    if encoder:
+        evaluation = min(ENCODER_EVAL_ROWS, val_rows) * width * _encoder_floats_per_token(
+            EncoderShape(base.num_parameters, base.hidden_size, 1), width)
+    else:
+        evaluation = min(EVAL_ROWS, val_rows) * width * per_token // 2
+    activations = max(batch * width * per_token, evaluation) * FLOAT
+    params = spec_params(spec, num_classes=num_classes, base=base)
     # weights, gradients, optimizer state, and the best epoch's copy; the checkpoint is written from them
     parameters = params * FLOAT * (3 + OPTIMIZER_STATES[spec.optimizer.name])
     data = rows * width * TOKEN_BYTES + records_bytes * RECORD_BYTE_FACTOR
@@ -161,7 +204,7 @@ def estimate_training_bytes(spec: TrainingSpec, data: DataShape, *, num_classes:
         weights = min(TFIDF_MAX_WEIGHTS, features * num_classes)
         tfidf = weights * TFIDF_BYTES_PER_WEIGHT + min(rows * width, records_bytes) * TFIDF_TOKEN_BYTES
     return {"activations": activations, "parameters": parameters, "data": data, "tfidf": tfidf,
-            "fixed": FIXED_BYTES}
+            "fixed": FIXED_BYTES + (ENCODER_FIXED_BYTES if encoder else 0)}
 
 
 def check_spec(session: Session, spec: TrainingSpec, settings: Settings, loc: tuple = ()) -> TrainingSpec:
@@ -180,15 +223,43 @@ def check_spec(session: Session, spec: TrainingSpec, settings: Settings, loc: tu
             raise ServiceError(ErrorCode.validation_error, f"No dataset with id {dataset_id}.", 422,
                                [detail([*loc, field], "dataset not found", "not_found")])
     spec = resolve_tokenizer(spec, found["dataset_id"], settings)
+    spec, base = resolve_base_model(session, spec, loc)
     labels = found["dataset_id"].labels
     try:
         _check_label_keys(spec, labels)
-        _check_ceilings(spec, num_classes=len(labels), settings=settings)
+        _check_ceilings(spec, num_classes=len(labels), settings=settings, base=base)
     except ServiceError as exc:
         if loc and isinstance(exc.details, list):
             exc.details = prefixed(exc.details, *loc)
         raise
     return spec
+
+
+def resolve_base_model(session: Session, spec: TrainingSpec, loc: tuple = ()
+                       ) -> tuple[TrainingSpec, EncoderShape | None]:
+    """An encoder spec's base model made concrete: the one named, else the first installed (422 when there is
+    none, saying how to add one), locked until the job is stored so that a concurrent delete waits (409) or went
+    first (422 here); texts are cut at most at its length. Other specs pass through."""
+    if spec.model.name != "encoder":
+        return spec, None
+    name = spec.model.base_model
+    if name is None:
+        first = base_models.first_base_model(session=session)
+        name = first.name if first is not None else None
+    row = base_models.lock_base_model(session=session, name=name) if name is not None else None
+    if row is None:
+        how = ("install one with `textclf base-models add FOLDER` on the server or POST /v1/base-models (admin "
+               "key; a zip of a Hugging Face folder: config.json, model.safetensors, tokenizer.json)")
+        message = (f"No base model named {name!r} is installed; GET /v1/base-models lists them, or {how}."
+                   if spec.model.base_model is not None else
+                   f"model encoder (preset accurate) fine-tunes an installed base model, and none is: {how}.")
+        raise ServiceError(ErrorCode.validation_error, message, 422,
+                           [detail([*loc, "model", "base_model"], "base model not installed", "not_found")])
+    model = spec.model.model_copy(update={"base_model": row.name})
+    tokenizer = spec.tokenizer.model_copy(update={"max_length": min(spec.tokenizer.max_length, row.max_length)})
+    spec = spec.model_copy(update={"model": model, "tokenizer": tokenizer})
+    return spec, EncoderShape(num_parameters=row.num_parameters, hidden_size=row.hidden_size,
+                              num_layers=row.num_layers)
 
 
 def resolve_tokenizer(spec: TrainingSpec, dataset: Dataset, settings: Settings) -> TrainingSpec:
@@ -219,7 +290,8 @@ def _over_ceiling(field: str, message: str, ceiling: int) -> ServiceError:
                         [detail([field], f"must be <= {ceiling}", "less_than_equal")])
 
 
-def _check_ceilings(spec: TrainingSpec, *, num_classes: int, settings: Settings) -> None:
+def _check_ceilings(spec: TrainingSpec, *, num_classes: int, settings: Settings,
+                    base: EncoderShape | None = None) -> None:
     """The server's limits on one job: run time, epochs and model size (422 naming the setting)."""
     if spec.max_runtime_seconds is not None and spec.max_runtime_seconds > settings.job_max_runtime_seconds:
         raise _over_ceiling("max_runtime_seconds", "max_runtime_seconds may be at most "
@@ -228,7 +300,7 @@ def _check_ceilings(spec: TrainingSpec, *, num_classes: int, settings: Settings)
     if spec.epochs > settings.max_epochs:
         raise _over_ceiling("epochs", f"epochs may be at most {settings.max_epochs} on this server (MAX_EPOCHS).",
                             settings.max_epochs)
-    params = spec_params(spec, num_classes=num_classes)
+    params = spec_params(spec, num_classes=num_classes, base=base)
     if params > settings.max_model_params:
         raise ServiceError(
             ErrorCode.validation_error,
@@ -236,11 +308,14 @@ def _check_ceilings(spec: TrainingSpec, *, num_classes: int, settings: Settings)
             "(MAX_MODEL_PARAMS). Lower tokenizer.vocab_size, model.embedding_dim, model.ngram_buckets or the "
             "model's width.", 422,
             [detail(["model"], f"{params} parameters > {settings.max_model_params}", "less_than_equal")])
-    _check_training_memory(spec, num_classes=num_classes, settings=settings)
+    _check_training_memory(spec, num_classes=num_classes, settings=settings, base=base)
 
 
 def _memory_fields(spec: TrainingSpec, part: str) -> list[str]:
     """The spec fields behind one part of the training memory estimate, named in the 422."""
+    if spec.model.name == "encoder":  # the base model's size is not a spec field: pick a smaller one
+        return {"activations": ["batch_size", "tokenizer.max_length"], "parameters": ["model.base_model",
+                "optimizer.name"], "data": ["tokenizer.max_length"], "tfidf": ["model.tfidf"]}[part]
     width = {"textcnn": ["model.num_filters"], "bigru": ["model.hidden_size", "model.num_layers"]}
     return {"activations": ["batch_size", "tokenizer.max_length", "model.embedding_dim",
                             *width.get(spec.model.name, [])],
@@ -248,7 +323,8 @@ def _memory_fields(spec: TrainingSpec, part: str) -> list[str]:
             "data": ["tokenizer.max_length"], "tfidf": ["model.tfidf"]}[part]
 
 
-def _check_training_memory(spec: TrainingSpec, *, num_classes: int, settings: Settings) -> None:
+def _check_training_memory(spec: TrainingSpec, *, num_classes: int, settings: Settings,
+                           base: EncoderShape | None = None) -> None:
     """422 when the job's estimated peak training memory is over TRAINING_MEMORY_LIMIT_MB: past it the worker's
     cap would fail the job with out_of_memory anyway, after it waited its turn."""
     path = records_path(settings, spec.dataset_id)
@@ -256,7 +332,8 @@ def _check_training_memory(spec: TrainingSpec, *, num_classes: int, settings: Se
         stat = path.stat()
     except FileNotFoundError:
         return  # nothing to train on: the worker fails the job with dataset_missing
-    parts = estimate_training_bytes(spec, _data_shape(path, stat.st_mtime_ns, stat.st_size), num_classes=num_classes)
+    parts = estimate_training_bytes(spec, _data_shape(path, stat.st_mtime_ns, stat.st_size), num_classes=num_classes,
+                                    base=base)
     total_mb, limit = -(-sum(parts.values()) // MB), settings.training_memory_limit_mb
     if total_mb <= limit:
         return

@@ -85,9 +85,13 @@ class TfidfSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    name: Literal["textcnn", "fasttext", "bigru"] = Field(
+    name: Literal["textcnn", "fasttext", "bigru", "encoder"] = Field(
         "textcnn", description="textcnn: Kim (2014) convolutions; fasttext: bag of words + hashed bigrams; "
-                               "bigru: bidirectional GRU with pooling over its states.")
+                               "bigru: bidirectional GRU with pooling over its states; encoder: fine-tune an "
+                               "installed pretrained transformer (base_model) with a linear head.")
+    base_model: Name | None = Field(
+        None, description="encoder: the installed base model to fine-tune (GET /v1/base-models); null: the first "
+                          "one installed. The job's spec shows the one used.")
     embedding_dim: int = Field(128, ge=8, le=1_024, description="Size of the word embeddings.")
     filter_sizes: tuple[int, ...] = Field(
         (3, 4, 5), min_length=1, max_length=8, description="textcnn: convolution widths in tokens.")
@@ -96,8 +100,10 @@ class ModelSpec(_Strict):
         20_000, ge=1_000, le=10_000_000, description="fasttext and the wide branch: hash buckets for word bigrams.")
     hidden_size: int = Field(128, ge=8, le=1_024, description="bigru: GRU units per direction.")
     num_layers: int = Field(1, ge=1, le=4, description="bigru: stacked bidirectional GRU layers.")
-    pooling: Literal["attention", "max", "mean"] = Field(
-        "attention", description="bigru: how the per-token states become one vector (padding is masked out).")
+    pooling: Literal["attention", "max", "mean", "cls"] = Field(
+        "attention", description="bigru (attention, max, mean; default attention) and encoder (cls, mean, max; "
+                                 "default mean): how the per-token states become one vector (padding is masked "
+                                 "out). cls: the encoder's first ([CLS]) token.")
     dropout: float = Field(0.5, ge=0.0, lt=1.0,
                            description="Dropout before the output layer (bigru: also between GRU layers).")
     batch_norm: bool = Field(False, description="Batch normalisation on the pooled features.")
@@ -115,8 +121,25 @@ class ModelSpec(_Strict):
                     "L-BFGS on the training split once the network is trained; the exported model averages the "
                     "two models' class probabilities. null: the network alone.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_defaults(cls, data: Any) -> Any:
+        # An encoder is the whole model: no TF-IDF member unless asked for, and mean pooling (what
+        # sentence-transformers trains MiniLM-style encoders with; [CLS] scored the same on TREC, bench/README.md).
+        if isinstance(data, dict) and data.get("name") == "encoder":
+            data = {"pooling": "mean", "tfidf": None, **data}
+        return data
+
     @model_validator(mode="after")
     def _check_filters(self) -> ModelSpec:
+        if self.name == "encoder" and self.pooling == "attention":
+            raise ValueError("encoder pooling is cls, mean or max")
+        if self.name == "bigru" and self.pooling == "cls":
+            raise ValueError("bigru pooling is attention, max or mean")
+        if self.base_model is not None and self.name != "encoder":
+            raise ValueError("base_model applies to model name encoder")
+        if self.name == "encoder" and (self.wide or self.batch_norm):
+            raise ValueError("wide and batch_norm apply to textcnn and bigru, not to encoder")
         if any(not 1 <= w <= 16 for w in self.filter_sizes):
             raise ValueError("filter_sizes must each be between 1 and 16")
         if self.wide and self.name == "fasttext":
@@ -150,6 +173,10 @@ class OptimizerSpec(_Strict):
                     "(adamw 0.05, others 0).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw: moment decay rates.")
     eps: float = Field(1e-8, gt=0.0, le=1.0, description="Numerical stability term.")
+    layer_decay: float = Field(
+        1.0, gt=0.0, le=1.0, description="encoder: layer-wise learning-rate decay. The head and the top layer "
+                                         "train at lr, each layer below at layer_decay times the one above, the "
+                                         "embeddings last; 1.0: lr everywhere.")
 
     @model_validator(mode="before")
     @classmethod
@@ -258,6 +285,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "grad_clip": None,
     },
+    # `preset: "accurate"`: fine-tune an installed base model the way BERT-style encoders are fine-tuned (Devlin
+    # et al. 2019; Mosbach et al. 2021): AdamW at 5e-5 with decay 0.01, 10 % linear warm-up then linear decay to
+    # 0, clipping at 1.0, a few epochs (early stopping still keeps the best one), texts cut at 128 tokens.
+    "accurate": {
+        "model": {"name": "encoder", "dropout": 0.1},
+        "optimizer": {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01},
+        "scheduler": {"name": "linear_warmup", "warmup_ratio": 0.1},
+        "tokenizer": {"max_length": 128},
+        "epochs": 3,
+        "batch_size": 32,
+        "grad_clip": 1.0,
+    },
 }
 
 
@@ -310,10 +349,12 @@ class TrainingSpec(_Strict):
         None, ge=10, le=30 * 24 * 3600,
         description="Stop the job (failed: time_limit_exceeded) after this long; null means the server's ceiling "
                     "(JOB_MAX_RUNTIME_SECONDS); a value above that ceiling is refused.")
-    preset: Literal["default", "fast"] = Field(
+    preset: Literal["default", "fast", "accurate"] = Field(
         "default", description="Defaults to start from; the spec's own fields win. fast: a fastText-like model "
                                "(hashed bigrams, sparse SGD, 6 epochs) blended at 0.85 with the TF-IDF model; "
-                               "trains in seconds.")
+                               "trains in seconds. accurate: fine-tune an installed base model (model.name "
+                               "encoder; AdamW 5e-5, 10 % warm-up then linear decay, 3 epochs, 128 tokens); "
+                               "minutes on a CPU.")
     label_smoothing: float = Field(0.0, ge=0.0, le=0.5,
                                    description="Share of each target's probability spread over all classes.")
     class_weights: ClassWeights | None = Field(
@@ -341,6 +382,9 @@ class TrainingSpec(_Strict):
     def _one_test_set(self) -> TrainingSpec:
         if self.test_split > 0 and self.test_dataset_id is not None:
             raise ValueError("give test_split or test_dataset_id, not both")
+        # Token noise would drop or swap an encoder's [CLS]/[SEP] and mask with our [UNK] id, not its own.
+        if self.model.name == "encoder" and self.augment is not None:
+            raise ValueError("augment applies to the from-scratch models, not to model name encoder")
         return self
 
 

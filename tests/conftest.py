@@ -4,6 +4,7 @@ The helper functions they use, and that tests import, are in tests/helpers.py.""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,19 @@ def pg_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _tiny_bert_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_bert import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-source") / "tiny-bert")
+
+
+@pytest.fixture
+def tiny_bert_dir(_tiny_bert_source: Path, tmp_path: Path) -> Path:
+    """A tiny random BERT folder (tests/tiny_bert.py) of this test's own, named tiny-bert: change it freely."""
+    return Path(shutil.copytree(_tiny_bert_source, tmp_path / "tiny-bert"))
 
 
 @pytest.fixture(scope="session")

@@ -294,9 +294,11 @@ def free_port() -> int:
 
 def child_env(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process read the same settings."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR", "BASE_MODELS_DIR")}
     env.update(TEXTCLF_DATA_DIR=str(settings.data_dir), DATABASE_URL=settings.database_url,
                CELERY_BROKER_URL=settings.celery_broker_url, ARTIFACT_DIR=str(settings.artifact_dir),
+               BASE_MODELS_DIR=str(settings.base_models_dir),
                AUTH_REQUIRED=str(settings.auth_required).lower(),
                RATE_LIMIT_ENABLED=str(settings.rate_limit_enabled).lower(),
                RATE_LIMIT_STORAGE_URL=settings.rate_limit_storage_url, RATE_LIMIT_DEFAULT=settings.rate_limit_default,

@@ -27,8 +27,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import ingest
+from core.base_models import base_model_dir as base_model_dir_of
+from core.base_models import sha256_file
 from core.config import Settings
-from core.db import jobs, registry
+from core.db import base_models, jobs, registry
 from core.db.datasets import get_dataset, records_path
 from core.db.tables import Model
 from core.dispatch import Send
@@ -294,9 +296,12 @@ def _train(run: JobRun, *, data: JobData, device: Any) -> TrainResult:
     def should_stop() -> bool:
         return (pruner is not None and pruner.reason is not None) or run.cancel_requested()
 
+    base_model = _base_model(run) if run.spec.model.name == "encoder" else None
+    base_model_dir = base_model_dir_of(run.settings, base_model["name"]) if base_model else None
     try:
         result = train(run.spec, data.texts, data.labels, label_names=data.label_names, device=device,
-                       on_progress=on_progress, should_stop=should_stop, checkpoint=run.checkpoint)
+                       on_progress=on_progress, should_stop=should_stop, checkpoint=run.checkpoint,
+                       base_model_dir=base_model_dir)
     except TrainingDiverged as exc:
         raise JobFailed(ErrorCode.training_diverged,
                         f"Training diverged: {exc}; lower the learning rate or clip gradients.") from None
@@ -306,9 +311,28 @@ def _train(run: JobRun, *, data: JobData, device: Any) -> TrainResult:
         raise JobCancelled() from None
     except SpecDataMismatch as exc:
         raise JobFailed(ErrorCode.spec_data_mismatch, str(exc)) from None
+    if base_model is not None:  # the model reply names what it was fine-tuned from
+        result.metrics["base_model"] = base_model
     if result.metrics.get("resumed_from_epoch") is not None:
         log.info("job %s: resumed from the checkpoint of epoch %s", run.job_id, result.metrics["resumed_from_epoch"])
     return result
+
+
+def _base_model(run: JobRun) -> dict[str, str]:
+    """The encoder's base model as registered ({name, sha256}), its files checked against the registry: a job
+    never fine-tunes weights other than the ones the model reply names."""
+    name = str(run.spec.model.base_model)
+    with run.sessionmaker() as session:
+        row = base_models.get_base_model(session=session, name=name)
+        expected = row.sha256 if row is not None else None
+    weights = base_model_dir_of(run.settings, name) / "model.safetensors"
+    if expected is None or not weights.is_file():
+        raise JobFailed(ErrorCode.base_model_missing, f"Base model {name!r} is no longer installed; add it again "
+                        "(textclf base-models add, or POST /v1/base-models) and train again.")
+    if sha256_file(weights) != expected:
+        raise JobFailed(ErrorCode.base_model_missing, f"Base model {name!r}'s model.safetensors no longer matches "
+                        f"the sha256 it was installed with ({expected}); install it again.")
+    return {"name": name, "sha256": expected}
 
 
 def _export(run: JobRun, *, data: JobData, result: TrainResult, device_name: str) -> ExportedModel:

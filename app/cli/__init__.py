@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from app.cli import client, sweeps
+from app.cli.base_models import base_models
 from app.cli.keys import bootstrap_admin_key, keys, warn_auth_off
 from core.config import get_settings
 from core.worker_start import EXIT_CANNOT_START
@@ -37,6 +38,7 @@ def main(ctx: click.Context, url: str, key: str | None) -> None:
 
 
 main.add_command(keys)
+main.add_command(base_models)
 
 
 @main.command()
@@ -120,7 +122,8 @@ def serve(host: str, port: int, no_worker: bool) -> None:
                   f"auth: {'API keys' if settings.auth_required else '[red]OFF[/red]'}")
     # Children read the same settings from the environment; pin the resolved paths so a different cwd agrees.
     env = {**os.environ, "TEXTCLF_DATA_DIR": str(settings.data_dir), "DATABASE_URL": settings.database_url,
-           "CELERY_BROKER_URL": settings.celery_broker_url, "ARTIFACT_DIR": str(settings.artifact_dir)}
+           "CELERY_BROKER_URL": settings.celery_broker_url, "ARTIFACT_DIR": str(settings.artifact_dir),
+           "BASE_MODELS_DIR": str(settings.base_models_dir)}
     commands = {"api": api_command(host, port),
                 "reaper": [sys.executable, "-m", "app.cli", "reaper"]}
     if not no_worker:

@@ -30,7 +30,7 @@ ADMIN_KEY_FILE = "admin.key"
 
 
 @contextlib.contextmanager
-def _session(settings: Settings) -> Iterator[Session]:
+def local_session(settings: Settings) -> Iterator[Session]:
     """One transaction on DATABASE_URL (committed if the block succeeds); the engine is closed afterwards."""
     from core.db.session import make_engine, make_sessionmaker
 
@@ -67,7 +67,7 @@ def create(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key and print its secret on stdout (shown this once: only its hash is stored)."""
     from core.db import api_keys
 
-    with _session(get_settings()) as session:
+    with local_session(get_settings()) as session:
         key, secret = api_keys.create_key(session=session, name=name, scopes=list(scopes))
         console.print(f"created key [bold]{key.prefix}[/bold] id {key.id} scopes {','.join(key.scopes)}; "
                       "the secret below is not shown again")
@@ -79,7 +79,7 @@ def list_() -> None:
     """List keys (prefix, scopes, last use); secrets are never shown."""
     from core.db import api_keys
 
-    with _session(get_settings()) as session:
+    with local_session(get_settings()) as session:
         rows, _ = api_keys.list_keys(session=session)
     # Plain columns (name last, it varies most): readable, and greppable in scripts whatever the terminal width.
     click.echo(f"{'ID':36}  {'PREFIX':11}  {'SCOPES':24}  {'CREATED':16}  {'LAST USED':16}  {'REVOKED':16}  NAME")
@@ -98,7 +98,7 @@ def revoke(key_id: uuid.UUID) -> None:
     """Revoke a key by id: requests with it get 401 from now on."""
     from core.db import api_keys
 
-    with _session(get_settings()) as session:
+    with local_session(get_settings()) as session:
         key = api_keys.revoke_key(session=session, key_id=key_id)
         if key is None:
             raise click.ClickException(f"no API key with id {key_id}")
@@ -110,7 +110,7 @@ def bootstrap_admin_key(settings: Settings) -> Path | None:
     (0600) and print it once. Returns the file's path, or None when keys already exist."""
     from core.db import api_keys
 
-    with _session(settings) as session:
+    with local_session(settings) as session:
         if api_keys.count_keys(session=session):
             return None
         _key, secret = api_keys.create_key(session=session, name="bootstrap admin", scopes=[Scope.admin])

@@ -1,4 +1,4 @@
-"""The tables: datasets, training jobs, sweeps, models, aliases and API keys."""
+"""The tables: datasets, training jobs, sweeps, models, aliases, base models and API keys."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db.base import Base, JSONType, UTCDateTime, utcnow
@@ -125,6 +125,27 @@ class ModelAlias(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     model: Mapped[Model] = relationship(back_populates="alias_rows")
+
+
+class PretrainedModel(Base):
+    """An installed base model: a pretrained encoder (Hugging Face folder) that `encoder` jobs fine-tune. Its files
+    are in core.base_models.base_model_dir(settings, name); the row says what they hold (core.base_models).
+    Named PretrainedModel, not BaseModel: that is pydantic's class, which most modules import."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # Unique: jobs name the base model they fine-tune by it (spec model.base_model), and it names the folder.
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    architecture: Mapped[str] = mapped_column(String(32))  # config.json model_type
+    sha256: Mapped[str] = mapped_column(String(64))  # of model.safetensors
+    num_parameters: Mapped[int] = mapped_column(BigInteger)
+    hidden_size: Mapped[int] = mapped_column(Integer)
+    num_layers: Mapped[int] = mapped_column(Integer)
+    vocab_size: Mapped[int] = mapped_column(Integer)
+    max_length: Mapped[int] = mapped_column(Integer)  # longest input in tokens, special tokens included
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class IdempotencyKey(Base):

@@ -24,6 +24,8 @@ UNK_TOKEN = "[UNK]"
 WORDPIECE_PREFIX = "##"
 # Longest word WordPiece splits; longer ones (URLs, hashes) become one [UNK] rather than dozens of pieces.
 WORDPIECE_MAX_CHARS = 100
+# Padding tokens of pretrained tokenizers (BERT, RoBERTa/XLM-R): padded positions carry the model's own pad id.
+PRETRAINED_PAD_TOKENS = ("[PAD]", "<pad>")
 # Shortest batch width we emit: the widest default TextCNN kernel is 5 tokens, so a batch of one-word texts
 # still fills at least one full convolution window.
 MIN_TOKENS = 5
@@ -89,8 +91,23 @@ class TextEncoder:
         if not 1 <= min_length <= max_length:
             raise ValueError(f"need 1 <= min_length ({min_length}) <= max_length ({max_length})")
         self.tokenizer = tokenizer
+        # A pretrained model's file keeps the cut it was trained with (at most the model's positions).
+        if tokenizer.post_processor is not None and tokenizer.truncation is not None:
+            max_length = min(max_length, tokenizer.truncation["max_length"])
+            min_length = min(min_length, max_length)
         self.max_length = max_length
         self.min_length = min_length
+        # A pretrained model's tokenizer.json (model.name encoder) wraps each text in its special tokens
+        # ([CLS] ... [SEP]) through a post-processor; ours have none. Its own truncation keeps the closing token,
+        # and written into tokenizer.json it makes the file alone encode as the model was trained; the padding
+        # such files often ship (fixed to 128) is ours to do here.
+        self.special_tokens = tokenizer.post_processor is not None
+        self.pad_id = PAD_ID
+        if self.special_tokens:
+            tokenizer.no_padding()
+            tokenizer.enable_truncation(self.max_length)
+            self.pad_id = next((i for i in map(tokenizer.token_to_id, PRETRAINED_PAD_TOKENS) if i is not None),
+                               PAD_ID)
 
     @classmethod
     def from_file(cls, path: str | Path, max_length: int) -> TextEncoder:
@@ -119,10 +136,10 @@ class TextEncoder:
         """Return (input_ids, attention_mask), int64 [B, T], T = longest text clipped to [min_length, max_length]."""
         # encode_batch runs in Rust on all cores; truncation and padding are cheaper done here with numpy
         # than by mutating the shared tokenizer's settings per call.
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=self.special_tokens)
         rows = [enc.ids[: self.max_length] for enc in encodings]
         width = min(max([self.min_length, *map(len, rows)]), self.max_length)
-        input_ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(rows), width), dtype=np.int64)
         for i, ids in enumerate(rows):
             input_ids[i, : len(ids)] = ids

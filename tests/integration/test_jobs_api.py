@@ -130,7 +130,7 @@ def test_create_job_queues_one_message_and_resolves_the_spec(any_api: Api):
 def test_job_default_spec(api: Api):
     job = api.post("/v1/jobs", json={"dataset_id": api.create_dataset()}).get_json()
     assert job["spec"]["optimizer"] == {"name": "adamw", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.05,
-                                        "betas": [0.9, 0.999], "eps": 1e-8}
+                                        "betas": [0.9, 0.999], "eps": 1e-8, "layer_decay": 1.0}
     assert job["spec"]["epochs"] == 10 and job["spec"]["batch_size"] == 32
     assert job["spec"]["early_stopping"] == {"metric": "val_macro_f1", "patience": 2, "min_delta": 0.0}
 

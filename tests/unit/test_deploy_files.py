@@ -38,6 +38,7 @@ ENVIRONMENT = {
     "CELERY_BROKER_URL": "redis://redis:6379/0",
     "ARTIFACT_DIR": ARTIFACT_DIR,
     "TEXTCLF_DATA_DIR": "/var/lib/textclf",
+    "BASE_MODELS_DIR": f"{ARTIFACT_DIR}/base-models",
     "AUTH_REQUIRED": "true",
     "RATE_LIMIT_STORAGE_URL": "redis://redis:6379/1",
     "LOG_FORMAT": "json",

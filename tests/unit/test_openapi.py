@@ -92,8 +92,8 @@ def test_core_loads_neither_flask_nor_torch():
 def test_every_operation_has_one_resource_tag_that_is_described():
     doc = build_openapi()
     described = {tag["name"]: tag["description"] for tag in doc["tags"]}
-    assert set(described) == {"datasets", "jobs", "sweeps", "models", "aliases", "predict", "keys", "health",
-                              "metrics"}
+    assert set(described) == {"datasets", "jobs", "sweeps", "models", "aliases", "base-models", "predict", "keys",
+                              "health", "metrics"}
     assert all(described.values())
     used = set()
     for path, item in doc["paths"].items():

@@ -8,6 +8,7 @@ cannot change a prediction), and every model ends in `self.head`, the output nn.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -333,10 +334,18 @@ class Blend(nn.Module):
         return torch.logsumexp(torch.stack([deep, wide]), dim=0)
 
 
-def build_model(spec: ModelSpec, *, vocab_size: int, num_classes: int) -> nn.Module:
-    """The classifier named by spec.name, freshly initialised."""
+def build_model(spec: ModelSpec, *, vocab_size: int, num_classes: int, base_model_dir: Path | None = None,
+                ) -> nn.Module:
+    """The classifier named by spec.name, freshly initialised (encoder: the base model in `base_model_dir`
+    with a new head)."""
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
+    if spec.name == "encoder":
+        if base_model_dir is None:
+            raise ValueError("model encoder needs base_model_dir")
+        from worker.ml.encoder import EncoderClassifier  # transformers loads only for encoder jobs
+
+        return EncoderClassifier(spec, base_model_dir, num_classes)
     if spec.name == "textcnn":
         return TextCNN(spec, vocab_size, num_classes)
     if spec.name == "fasttext":

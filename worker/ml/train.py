@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,8 @@ from worker.ml.tfidf import fit_tfidf
 # Least time between step-level on_progress / should_stop calls: the callbacks may touch the database.
 PROGRESS_EVERY_S = 2.0
 CANCEL_CHECK_EVERY_S = 1.0
-# Batch size for validation passes: no gradients are kept, so larger batches cost little memory.
+# Batch size for validation passes: no gradients are kept, so larger batches cost little memory (a model may
+# set its own `eval_batch`: an encoder's attention grows with batch x length^2).
 EVAL_BATCH = 512
 # Length bucketing sorts this many batches' worth of shuffled rows at a time: enough that a batch's texts have
 # nearly the same length, few enough that every batch still mixes rows from all over the training set.
@@ -284,7 +286,7 @@ class TrainData:
 
 
 def _prepare_data(spec: TrainingSpec, texts: Sequence[str], labels: Sequence[str], *, label_names: list[str],
-                  saved: dict | None) -> TrainData:
+                  saved: dict | None, base_model_dir: Path | None = None) -> TrainData:
     """Check the labels, hold out the validation split (stratified, seeded), fit the tokenizer on the training
     split (or take the checkpoint's) and encode both sides. Raises SpecDataMismatch for the spec's class weights."""
     class_of = {name: i for i, name in enumerate(label_names)}
@@ -299,7 +301,11 @@ def _prepare_data(spec: TrainingSpec, texts: Sequence[str], labels: Sequence[str
     train_texts, val_texts = [texts[i] for i in train_idx], [texts[i] for i in val_idx]
     # The vocabulary comes from the training split only, so validation words unseen in training map to [UNK]
     # exactly as they would at serving time.
-    if saved is None:
+    if saved is None and spec.model.name == "encoder":  # the base model's own vocabulary
+        from worker.ml.encoder import base_text_encoder
+
+        encoder = base_text_encoder(base_model_dir, spec.tokenizer.max_length)
+    elif saved is None:
         encoder = TextEncoder(fit_tokenizer(train_texts, spec.tokenizer), spec.tokenizer.max_length)
     else:  # the very vocabulary the checkpointed weights were trained with
         encoder = TextEncoder.from_json(saved["tokenizer"], spec.tokenizer.max_length)
@@ -328,14 +334,21 @@ def _autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractConte
 
 def build_optimizer(params_model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
     """The optimizer named by spec, with weight decay on weight matrices only (not biases or norm scales)."""
-    params = [p for p in params_model.parameters() if p.requires_grad]
-    # nanoGPT's rule: decaying 1-D tensors (biases, BatchNorm gains) only pulls them toward 0 for no gain.
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": spec.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
     lr, eps = spec.lr, spec.eps
+    # Layer-wise decay (encoder only: Howard & Ruder 2018, Clark et al. 2020): the top group trains at lr,
+    # each one below at layer_decay times the group above it.
+    layered = params_model.layer_groups() if hasattr(params_model, "layer_groups") else [
+        list(params_model.parameters())]
+    groups = []
+    for depth, layer in enumerate(reversed(layered)):
+        params = [p for p in layer if p.requires_grad]
+        rate = lr * spec.layer_decay ** depth
+        # nanoGPT's rule: decaying 1-D tensors (biases, BatchNorm/LayerNorm gains) only pulls them toward 0.
+        groups += [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": spec.weight_decay, "lr": rate},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr": rate},
+        ]
+    groups = [g for g in groups if g["params"]]
     match spec.name:
         case "sgd":
             return torch.optim.SGD(groups, lr=lr, momentum=0.0)
@@ -485,8 +498,9 @@ def _predict_logits(
     out = []
     # Shortest texts first, so each batch is padded only to about its own length; results go back in row order.
     by_length = np.argsort(lengths, kind="stable")
-    for start in range(0, len(ids), EVAL_BATCH):
-        rows = by_length[start : start + EVAL_BATCH]
+    step = getattr(model, "eval_batch", EVAL_BATCH)
+    for start in range(0, len(ids), step):
+        rows = by_length[start : start + step]
         x, m = _to_device(*_rows(ids, mask, lengths, rows, min_len), device)
         with autocast():
             out.append(model(x, m).float().cpu())
@@ -509,9 +523,9 @@ def predict_proba(
     model.eval().to(device)
     try:
         out = [torch.zeros((0, model.head.out_features))]
-        texts = list(texts)
-        for start in range(0, len(texts), EVAL_BATCH):
-            x, m = _to_device(*encoder.encode(texts[start : start + EVAL_BATCH]), device)
+        texts, step = list(texts), getattr(model, "eval_batch", EVAL_BATCH)
+        for start in range(0, len(texts), step):
+            x, m = _to_device(*encoder.encode(texts[start : start + step]), device)
             # fp32 on every device: these probabilities are reported, so no autocast rounding.
             out.append(torch.softmax(model(x, m).float(), dim=1).cpu())
     finally:
@@ -864,9 +878,11 @@ def train(
     on_progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint: CheckpointStore | None = None,
+    base_model_dir: Path | None = None,
 ) -> TrainResult:
     """Train spec.model on (texts, labels); return the best epoch's model by the selection metric.
 
+    model.name encoder fine-tunes the base model in `base_model_dir` (its tokenizer too).
     The selection metric is spec.early_stopping.metric, else validation macro-F1. Raises SpecDataMismatch when
     the spec names something the data lacks, before any training. With a `checkpoint` store, the state is
     saved after every epoch, and a run that finds a checkpoint there continues from it. The result carries the
@@ -879,10 +895,11 @@ def train(
     torch.manual_seed(spec.seed)
 
     # data
-    data = _prepare_data(spec, texts, labels, label_names=label_names, saved=saved)
+    data = _prepare_data(spec, texts, labels, label_names=label_names, saved=saved, base_model_dir=base_model_dir)
 
     # model
-    model = build_model(spec.model, vocab_size=data.encoder.vocab_size, num_classes=len(label_names)).to(device)
+    model = build_model(spec.model, vocab_size=data.encoder.vocab_size, num_classes=len(label_names),
+                        base_model_dir=base_model_dir).to(device)
 
     # optimizer
     steps_per_epoch = len(_batches(torch.arange(len(data.train.y)), spec.batch_size,
