@@ -8,15 +8,18 @@ in is substituted: the ids from earlier replies and the port (the test's server 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, make_settings, start_serve
+from tests.helpers import ROOT, child_env, make_settings, start_serve
+from tests.tiny_bert import build_tiny_bert
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 README_URL = "http://127.0.0.1:8000"
@@ -48,8 +51,8 @@ def commands(block: str) -> list[str]:
 class Shell:
     """Runs README commands with bash in the user's folder, the block's variable assignments (AUTH=...) first."""
 
-    def __init__(self, cwd: Path, base: str):
-        self.cwd, self.base, self.assignments = cwd, base, []
+    def __init__(self, cwd: Path, base: str, env: dict[str, str] | None = None):
+        self.cwd, self.base, self.env, self.assignments = cwd, base, env, []
         self.ids: dict[str, str] = {}  # placeholder in the README -> the id a user copies from a reply
 
     def run(self, command: str) -> str:
@@ -60,7 +63,8 @@ class Shell:
             command = command.replace(placeholder, value)
         assert not re.search(r"<\w+>|[0-9a-f]{4}\.\.\.", command), f"an id left to fill in: {command}"
         script = "\n".join([*self.assignments, command.replace(README_URL, self.base)])
-        done = subprocess.run(["bash", "-c", script], cwd=self.cwd, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(["bash", "-c", script], cwd=self.cwd, env=self.env, capture_output=True, text=True,
+                              timeout=60)
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
@@ -76,7 +80,9 @@ def test_the_readme_curl_commands_run_as_written(tmp_path: Path, processes):
     # As after `make serve`: the data folder textclf-data/ in the folder the user runs the commands from.
     settings = make_settings(tmp_path, TEXTCLF_DATA_DIR=tmp_path / "textclf-data", AUTH_REQUIRED=True)
     base, _, _ = start_serve(tmp_path, processes, settings)
-    shell = Shell(tmp_path, base)
+    # `textclf` as on the server: the same settings, the venv's scripts on PATH
+    env = {**child_env(settings), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    shell = Shell(tmp_path, base, env)
     steps = iter(walkthrough)
 
     def step(*words: str) -> str:
@@ -139,6 +145,23 @@ def test_the_readme_curl_commands_run_as_written(tmp_path: Path, processes):
     shell.run(download)
     with zipfile.ZipFile(tmp_path / "model.zip") as bundle:
         assert json.loads(bundle.read("model_card.json"))["id"] == model_id
+    # Base models: installed by the CLI and over HTTP, listed, fine-tuned (the tiny random BERT stands where a user
+    # has all-MiniLM-L6-v2)
+    build_tiny_bert(tmp_path / "all-MiniLM-L6-v2")
+    add, pack, upload, listing, fine_tune = commands(bash_block(readme, "**Base models.**"))
+    shell.run(add)
+    shell.run(pack)
+    assert shell.json(upload)["name"] == "minilm"
+    assert [m["name"] for m in shell.json(listing)["items"]] == ["all-MiniLM-L6-v2", "minilm"]
+    job = shell.json(fine_tune)
+    assert job["spec"]["model"]["name"] == "encoder" and job["spec"]["model"]["base_model"] == "minilm"
+    poll = f'curl -s -H "$AUTH" {README_URL}/v1/jobs/{job["id"]}'
+    deadline = time.monotonic() + 300
+    while (job := shell.json(poll))["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(1)
+    assert job["status"] == "succeeded" and job["metrics"]["base_model"]["name"] == "minilm", job
+
     # -f: with a key that is not valid, curl fails and writes no file
     (tmp_path / "model.zip").unlink()
     shell.assignments = ['AUTH="Authorization: Bearer tc_not-a-key"']
