@@ -164,6 +164,17 @@ def load(url: str, connections: int, seconds: float, body: str | None, workdir: 
 # the model(s)
 
 
+def install_base(settings, folder: Path) -> None:
+    """Install a base model folder (what `textclf base-models add` does) for an encoder spec."""
+    from core.db.base_models import install_base_model
+    from core.db.session import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.database_url)
+    with make_sessionmaker(engine).begin() as session:
+        install_base_model(session=session, settings=settings, src=folder)
+    engine.dispose()
+
+
 def train_models(base: str, settings, train_csv: Path, spec: dict, count: int) -> list[str]:
     """Upload the data, queue `count` jobs through the API and train them here; their model ids."""
     from core.db.session import make_engine, make_sessionmaker
@@ -268,6 +279,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="trec")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TEXTCLF_BENCH_DATA", DEFAULT_DATA)))
     parser.add_argument("--spec", default="{}", help="spec fields of the served model as JSON (default spec)")
+    parser.add_argument("--base-model", type=Path, default=None,
+                        help="install this base model folder first, for an encoder --spec (e.g. "
+                             "'{\"preset\": \"accurate\", \"max_steps\": 50}'; bench/base_model.py has MiniLM)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     parser.add_argument("--models", type=int, default=10, help="models loaded for the memory figure")
     parser.add_argument("--workers", type=int, default=2, help="API worker processes (API_WORKERS)")
@@ -283,7 +297,8 @@ def main() -> None:
     from core.db.migrate import upgrade
 
     workdir = Path(tempfile.mkdtemp(prefix="textclf-bench-serving-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR", "BASE_MODELS_DIR")}
     # Room for every model in each worker's cache, so the memory figure counts them all.
     env.update(TEXTCLF_DATA_DIR=str(workdir / "data"), API_WORKERS=str(args.workers),
                MODEL_CACHE_SIZE=str(max(8, args.models)), PYTHONPATH=str(ROOT),
@@ -292,6 +307,8 @@ def main() -> None:
     settings = Settings(TEXTCLF_DATA_DIR=workdir / "data", API_WORKERS=args.workers)
     settings.data_dir.mkdir(parents=True)
     upgrade(settings.database_url)
+    if args.base_model is not None:
+        install_base(settings, args.base_model)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(workdir / "api.log", "wb") as log:

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.helpers import ROOT, chinese_dataset_csv, start_serve, upload_tiny, wait_job
+from tests.tiny_bert import build_tiny_bert, zip_folder
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -158,6 +159,24 @@ def test_dashboard_pages_in_chromium(tmp_path, processes, browser):
     browser.get(f"{base}/docs")
     assert len(wait_count(browser, ".opblock", operations)) == operations
     shots.append(screenshot(browser, "docs"))
+    assert_no_console_errors(browser)
+
+    # an encoder's job page names its base model and the sha256 its weights were checked against
+    zipped = zip_folder(build_tiny_bert(tmp_path / "tiny-bert"))
+    resp = requests.post(f"{base}/v1/base-models", files={"file": ("tiny-bert.zip", zipped)}, timeout=60)
+    assert resp.status_code == 201, resp.text
+    encoder_job = requests.post(f"{base}/v1/jobs", json={"dataset_id": dataset_id, "preset": "accurate",
+                                                         "epochs": 2, "batch_size": 8}, timeout=30).json()
+    browser.get(f"{base}/jobs/{encoder_job['id']}")
+    WebDriverWait(browser, 240, poll_frequency=0.5).until(
+        lambda d: (text_of(d, "dl.facts dd .badge") or "") == "succeeded")
+    done = requests.get(f"{base}/v1/jobs/{encoder_job['id']}", timeout=10).json()
+    shown = browser.execute_script(
+        "const dd = [...document.querySelectorAll('dl.facts dt')].find((dt) => dt.textContent === 'base model')"
+        ".nextElementSibling; return [dd.textContent, dd.firstElementChild.title];")
+    sha = done["metrics"]["base_model"]["sha256"]
+    assert shown == [f"tiny-bert {sha[:12]}", f"sha256 {sha}"]
+    shots.append(screenshot(browser, "encoder-job"))
     assert_no_console_errors(browser)
 
     for path in shots:

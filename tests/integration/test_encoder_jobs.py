@@ -168,3 +168,23 @@ def test_the_memory_ceiling_applies_to_encoders(tmp_path: Path):
         assert resp.status_code == 422, resp.get_data(as_text=True)
         error = resp.get_json()["error"]
         assert "TRAINING_MEMORY_LIMIT_MB" in error["message"] and "MiB" in error["message"]
+
+
+def test_a_sweep_compares_optimizers_on_an_encoder(db_api, tmp_path: Path):
+    """Every child of a sweep over an accurate base resolves the base model, with each method's own rate where
+    the grid names another method (SGD and momentum for comparison, as the preset's AdamW rate would not do)."""
+    api, sessionmaker, settings = db_api
+    with sessionmaker.begin() as session:
+        install_base_model(session=session, settings=settings, src=build_tiny_bert(tmp_path / "b"), name="b")
+    dataset = upload(api)
+    resp = api.post("/v1/sweeps", json={
+        "dataset_id": dataset["id"], "base": {"preset": "accurate", "epochs": 1},
+        "grid": {"optimizer.name": ["adamw", "momentum"], "optimizer.layer_decay": [1.0, 0.8]}})
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    children = resp.get_json()["children"]
+    assert len(children) == 4
+    for child in children:
+        spec = api.get(f"/v1/jobs/{child['job_id']}").get_json()["spec"]
+        assert (spec["model"]["name"], spec["model"]["base_model"]) == ("encoder", "b")
+        assert spec["optimizer"]["layer_decay"] == child["params"]["optimizer.layer_decay"]
+        assert spec["optimizer"]["lr"] == (5e-5 if child["params"]["optimizer.name"] == "adamw" else 0.05)

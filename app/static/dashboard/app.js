@@ -89,6 +89,11 @@ function jobFacts(job) {
   if (job.metrics) {
     facts.push(["val accuracy", fixed(job.metrics.val_accuracy)], ["val macro-F1", fixed(job.metrics.val_macro_f1)]);
     if (job.metrics.test_accuracy !== undefined) facts.push(["test accuracy", fixed(job.metrics.test_accuracy)]);
+    // An encoder: the base model it was fine-tuned from, and the weights' sha256 it was checked against.
+    if (job.metrics.base_model) {
+      facts.push(["base model", h("span", { title: `sha256 ${job.metrics.base_model.sha256}` },
+        `${job.metrics.base_model.name} `, h("span", { class: "mono" }, job.metrics.base_model.sha256.slice(0, 12)))]);
+    }
     // A blended model (model.tfidf): the curves are the network's epochs; these say what each half scored alone.
     if (job.metrics.network_val_accuracy !== undefined) {
       facts.push(["val accuracy, network alone", fixed(job.metrics.network_val_accuracy)],
