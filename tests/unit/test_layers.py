@@ -22,7 +22,7 @@ BLUEPRINT_PACKAGE = "app.api"
 # What each layer must not import (top-level package names); flask_* extensions count as flask.
 FORBIDDEN = {
     "core": {"flask", "torch", "transformers", "app", "worker"},
-    "app": {"worker", "torch"},
+    "app": {"worker", "torch", "transformers"},
     "worker": {"app", "flask"},
 }
 

@@ -61,7 +61,8 @@ def loaded_modules(code: str, prefixes: tuple[str, ...]) -> list[str]:
 
 
 def test_api_never_imports_torch_or_the_worker(tmp_path: Path):
-    """create_app() imports every blueprint; it, the CLI and the serving code load neither torch nor worker/."""
+    """create_app() imports every blueprint; it, the CLI and the serving code load neither torch, transformers nor
+    worker/ (an encoder model is served from its ONNX graph and tokenizer.json)."""
     settings = {"TEXTCLF_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}",
                 "ARTIFACT_DIR": str(tmp_path / "artifacts"), "AUTH_REQUIRED": False, "RATE_LIMIT_ENABLED": False}
     code = textwrap.dedent(f"""
@@ -72,7 +73,7 @@ def test_api_never_imports_torch_or_the_worker(tmp_path: Path):
         api = create_app(Settings(**{settings!r}))
         assert {{"datasets", "health", "jobs", "keys", "models", "sweeps"}} <= set(api.blueprints), api.blueprints
     """)
-    assert loaded_modules(code, ("torch", "worker")) == []
+    assert loaded_modules(code, ("torch", "transformers", "worker")) == []
 
 
 def test_core_loads_neither_flask_nor_torch():
