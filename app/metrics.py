@@ -43,6 +43,13 @@ HTTP_LATENCY = Histogram("textclf_http_request_duration_seconds", "Time to answe
 PREDICTIONS = Counter("textclf_predictions_total", "Texts classified, by model.", ["model_name", "model_version"])
 ABSTENTIONS = Counter("textclf_abstentions_total", "Texts the model abstained on (under its threshold), by model.",
                       ["model_name", "model_version"])
+# Dynamic batching (app/batching.py): requests waiting for a model's batch, and what each batch held.
+BATCH_QUEUE = Gauge("textclf_predict_queue_depth", "Predict requests queued for a batch, over the live API processes.",
+                    multiprocess_mode="livesum")
+BATCH_REQUESTS = Histogram("textclf_predict_batch_requests", "Predict requests merged into one onnxruntime call.",
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+BATCH_TEXTS = Histogram("textclf_predict_batch_texts", "Texts scored in one onnxruntime call.",
+                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 # livesum: the sessions of the API processes alive now, added up (a dead worker's count is dropped).
 LOADED_MODELS = Gauge("textclf_loaded_models", "onnxruntime sessions loaded, over the live API processes.",
                       multiprocess_mode="livesum")

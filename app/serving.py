@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.batching import Batcher
 from app.metrics import LOADED_MODELS
 from core.config import Settings
 from core.db import registry
@@ -58,6 +59,8 @@ class PredictorCache:
         self._items: OrderedDict[uuid.UUID, OnnxPredictor] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[uuid.UUID, threading.Lock] = {}
+        # One per model ever predicted with here: a few fields each, and requests in flight hold their own.
+        self._batchers: dict[uuid.UUID, Batcher] = {}
         # Models that failed to load, with their files' state then: not retried on every request, only once the
         # files change (a corrupt model would otherwise cost a load, and a logged traceback, per request).
         self._failed: dict[uuid.UUID, tuple] = {}
@@ -102,6 +105,17 @@ class PredictorCache:
                 self._loading.pop(model_id, None)
                 LOADED_MODELS.set(len(self._items))
             return predictor
+
+    def batcher(self, model_id: uuid.UUID) -> Batcher:
+        """The model's dynamic batcher in this process (app/batching.py), made on first use."""
+        with self._lock:
+            batcher = self._batchers.get(model_id)
+            if batcher is None:
+                settings = self.settings
+                batcher = self._batchers[model_id] = Batcher(
+                    str(model_id), max_batch_texts=settings.predict_max_batch_texts,
+                    max_wait_s=settings.predict_max_wait_ms / 1000, max_queue=settings.predict_max_queue)
+            return batcher
 
     def loaded(self, model_id: uuid.UUID) -> OnnxPredictor | None:
         """The predictor if this process has it loaded, else None (never loads)."""

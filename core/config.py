@@ -129,6 +129,21 @@ class Settings(BaseSettings):
         8, ge=1, validation_alias="MODEL_CACHE_SIZE",
         description="onnxruntime sessions kept per API process (least recently used evicted).",
     )
+    predict_batching: bool = Field(
+        True, validation_alias="PREDICT_BATCHING",
+        description="Merge concurrent predict requests for one model in one API process into one onnxruntime call.")
+    predict_max_batch_texts: int = Field(
+        256, ge=1, validation_alias="PREDICT_MAX_BATCH_TEXTS",
+        description="Most texts in one merged call (a larger request still runs, alone).")
+    predict_max_wait_ms: float = Field(
+        2.0, ge=0.0, le=1_000.0, validation_alias="PREDICT_MAX_WAIT_MS",
+        description="Longest a batch waits for requests already inside the route; it never waits when none are.")
+    predict_max_queue: int = Field(
+        1_024, ge=1, validation_alias="PREDICT_MAX_QUEUE",
+        description="Predict requests queued per model per API process before new ones get a 503.")
+    predict_timeout_seconds: float = Field(
+        30.0, gt=0.0, validation_alias="PREDICT_TIMEOUT_SECONDS",
+        description="A predict request still queued after this long gets a 503.")
     ort_intra_op_threads: int = Field(
         0, ge=0, validation_alias="ORT_INTRA_OP_THREADS",
         description="onnxruntime threads per session; 0 means cores / API workers.",

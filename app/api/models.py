@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from flask import Blueprint, request, send_file
 
@@ -62,6 +63,18 @@ def get_evaluation(model_id: str):
 
 
 def _predict(served: ServedModel, alias: str | None = None):
+    settings = state().settings
+    if not settings.predict_batching:
+        return _answer(served, alias, None)
+    batcher = state().predictors.batcher(served.id)
+    with batcher.arriving() as arrival:  # a leader about to run a batch may wait for this request
+        return _answer(served, alias, lambda texts, predictor: batcher.run(
+            texts, time.monotonic() + settings.predict_timeout_seconds, predictor.predict_proba, arrival))
+
+
+def _answer(served: ServedModel, alias: str | None, batched):
+    """Validate the request and classify its texts: in one batch with other requests (`batched(texts, predictor)`
+    -> probabilities) or alone (None)."""
     body = parse(PredictRequest, json_body())
     settings = state().settings
     if len(body.texts) > settings.max_predict_texts:
@@ -76,8 +89,10 @@ def _predict(served: ServedModel, alias: str | None = None):
                   "Texts with an unpaired UTF-16 surrogate escape (\\ud800-\\udfff).", "unpaired surrogate",
                   "value_error")
     predictor = loaded_predictor(state().predictors, served)
-    # All texts of the request are tokenised together and scored in one onnxruntime call.
-    predictions = predictor.predict(body.texts, top_k=body.top_k, abstain_threshold=served.abstain_threshold)
+    # All texts of the request are tokenised together and scored in one onnxruntime call (with other requests'
+    # texts when batching).
+    proba = predictor.predict_proba(body.texts) if batched is None else batched(body.texts, predictor)
+    predictions = predictor.rank(proba, top_k=body.top_k, abstain_threshold=served.abstain_threshold)
     version = str(served.version)
     metrics.PREDICTIONS.labels(served.name, version).inc(len(predictions))
     if abstained := sum(p["abstained"] for p in predictions):

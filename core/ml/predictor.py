@@ -114,7 +114,11 @@ class OnnxPredictor:
 
         A text whose best score is under `abstain_threshold` (one number, or {label: number} for the best label)
         gets `label: None, abstained: True`, with its scores kept."""
-        proba = self.predict_proba(texts)
+        return self.rank(self.predict_proba(texts), top_k, abstain_threshold)
+
+    def rank(self, proba: np.ndarray, top_k: int = 1,
+             abstain_threshold: float | Mapping[str, float] | None = None) -> list[dict]:
+        """`predict`'s answer for probabilities this model gave (predict_proba's rows, possibly of a larger batch)."""
         k = max(1, min(top_k, len(self._labels)))
         # argsort of the negation is stable, so ties keep class-id order.
         order = np.argsort(-proba, axis=1, kind="stable")[:, :k].tolist()
