@@ -3,6 +3,8 @@
     python bench/gpu_check.py                       # CUDA (fails if none)
     python bench/gpu_check.py --device cpu          # the same steps on the CPU
     python bench/gpu_check.py --datasets trec sst2_glue --data-dir ../shared/datasets
+    python bench/gpu_check.py --datasets sst2_glue --spec '{"preset": "accurate", "epochs": 1}' \
+        --base-model bench/results/base-models/all-minilm-l6-v2        # the encoder (bench/base_model.py)
 
 For each dataset (train.csv / test.csv with text,label): samples/s, seconds per epoch, peak GPU memory,
 validation and test accuracy, ONNX export + parity, then onnxruntime predict latency for batch 1 and 256 on
@@ -50,7 +52,7 @@ def latency_ms(predictor: OnnxPredictor, texts: list[str], batch: int, repeats: 
     return {"p50_ms": round(statistics.median(times), 3), "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3)}
 
 
-def check(name: str, data_dir: Path, device: str, extra: dict) -> dict:
+def check(name: str, data_dir: Path, device: str, extra: dict, base_model: Path | None = None) -> dict:
     texts, labels = read_csv(data_dir / name / "train.csv")
     test_texts, test_labels = read_csv(data_dir / name / "test.csv")
     spec = TrainingSpec.model_validate({"dataset_id": str(uuid.uuid4()), "device": device, **extra})
@@ -58,7 +60,8 @@ def check(name: str, data_dir: Path, device: str, extra: dict) -> dict:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     label_names = sorted(set(labels))
-    result = train(spec, texts, labels, label_names=label_names, device=dev)
+    result = train(spec, texts, labels, label_names=label_names, device=dev,
+                   base_model_dir=base_model if spec.model.name == "encoder" else None)
     m = result.metrics
     epochs = m["epochs_run"]
     out = {
@@ -128,6 +131,8 @@ def main() -> None:
                         default=Path(os.environ.get("TEXTCLF_BENCH_DATA", ROOT.parent / "shared" / "datasets")))
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu", "auto"])
     parser.add_argument("--spec", default="{}", help="extra spec fields as JSON (default spec otherwise)")
+    parser.add_argument("--base-model", type=Path, default=None,
+                        help="base model folder for an encoder --spec (e.g. preset accurate)")
     parser.add_argument("--job", action="store_true",
                         help="also run one TREC job through worker.training.run_training (needs SQLAlchemy)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check.json")
@@ -142,7 +147,7 @@ def main() -> None:
     results = []
     for name in args.datasets:
         t = time.perf_counter()
-        results.append(check(name, args.data_dir, args.device, json.loads(args.spec)))
+        results.append(check(name, args.data_dir, args.device, json.loads(args.spec), args.base_model))
         results[-1]["wall_s"] = round(time.perf_counter() - t, 1)
         print(json.dumps(results[-1]), flush=True)
     job = check_job(args.datasets[0], args.data_dir, args.device) if args.job else None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, tiny_dataset_csv
+from tests.tiny_bert import build_tiny_bert
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,6 +51,41 @@ def test_accuracy_peers_only_scores_every_peer(tmp_path: Path):
     assert row["bar"] == max(row["kim_2014"], *(row[peer]["accuracy"] for peer in ("fasttext", "fasttext_char",
                                                                                    "tfidf_lr", "tfidf_char_lr")))
     assert "fastText (char) acc / F1 / s" in run.stdout and "TF-IDF char+LR acc / F1 / s" in run.stdout
+
+
+def test_accuracy_accurate_preset_fine_tunes_the_base_model_beside_a_frozen_peer(tmp_path: Path):
+    folder = tmp_path / "data" / "trec"
+    folder.mkdir(parents=True)
+    (folder / "train.csv").write_bytes(tiny_dataset_csv())
+    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    bert = build_tiny_bert(tmp_path / "tiny-bert")
+    out = tmp_path / "accuracy.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy.py"), "--presets", "accurate",
+                          "--base-model", str(bert), "--datasets", "trec", "--data-dir", str(tmp_path / "data"),
+                          "--device", "cpu", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [row] = json.loads(out.read_text())["results"]
+    assert row["preset"] == "accurate" and row["ours"]["spec"]["model"]["name"] == "encoder"
+    assert row["ours"]["torch_onnx_argmax_agreement"] == 1.0
+    assert row["frozen_encoder"]["accuracy"] > 0 and row["frozen_encoder"]["base_model"] == str(bert)
+    assert row["bar"] >= row["frozen_encoder"]["accuracy"] and row["time_ratio"] is None
+    assert "frozen encoder+LR acc / F1 / s" in run.stdout
+
+
+def test_gpu_check_trains_an_encoder_with_a_base_model(tmp_path: Path):
+    folder = tmp_path / "data" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "train.csv").write_bytes(tiny_dataset_csv())
+    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    out = tmp_path / "gpu_check.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu",
+                          "--datasets", "tiny", "--data-dir", str(tmp_path / "data"),
+                          "--spec", '{"preset": "accurate", "epochs": 1}',
+                          "--base-model", str(build_tiny_bert(tmp_path / "tiny-bert")), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [result] = json.loads(out.read_text())["results"]
+    assert result["parity_argmax_agreement"] == 1.0 and result["epochs"] == 1
 
 
 def test_load_script_reports_requests_errors_and_memory(tmp_path: Path):
