@@ -202,3 +202,17 @@ def test_a_fine_tune_killed_after_an_epoch_resumes_where_the_whole_run_ends(bert
     resumed = train(training, texts, labels, checkpoint=CheckpointStore(tmp_path / "ckpt", fp), **run)
     assert resumed.metrics["resumed_from_epoch"] == 1
     assert_same_run(whole, resumed)
+
+
+@pytest.mark.parametrize(("optimizer", "scheduler"), [
+    ("sgd", "step"), ("momentum", "cosine"), ("nesterov", "onecycle"), ("adam", "constant"),
+    ("rmsprop", "exponential"), ("adagrad", "plateau"), ("adadelta", "multistep"),
+])
+def test_every_optimizer_and_schedule_fine_tunes_an_encoder(bert: Path, rows, optimizer: str, scheduler: str):
+    """The spec's methods all run on an encoder (SGD and Adagrad train its embeddings with sparse gradients)."""
+    texts, labels = rows
+    training = spec(preset="accurate", epochs=2, batch_size=16, optimizer={"name": optimizer},
+                    scheduler={"name": scheduler, **({"milestones": [1]} if scheduler == "multistep" else {})})
+    result = train(training, texts, labels, label_names=["cooking", "sports"], device=torch.device("cpu"),
+                   base_model_dir=bert)
+    assert result.metrics["epochs_run"] >= 1 and np.isfinite(result.metrics["loss"])
