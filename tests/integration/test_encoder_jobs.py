@@ -21,7 +21,7 @@ import pytest
 
 from app.bundle import USAGE
 from core.base_models import sha256_file
-from core.db.base_models import install_base_model
+from core.db.base_models import first_base_model, install_base_model
 from tests.helpers import Api, db_settings, running_api, sqlite_settings, tiny_dataset_csv
 from tests.tiny_bert import build_tiny_bert
 
@@ -126,16 +126,16 @@ def db_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Api
         yield api, sessionmaker, settings
 
 
-def test_without_a_base_model_the_accurate_preset_says_how_to_add_one(db_api):
-    api, _, _ = db_api
-    dataset = upload(api)
-    before = api.get("/v1/jobs").get_json()["items"]
-    resp = api.post("/v1/jobs", json={"dataset_id": dataset["id"], "preset": "accurate"})
-    assert resp.status_code == 422
-    error = resp.get_json()["error"]
-    assert "textclf base-models add" in error["message"] and "POST /v1/base-models" in error["message"]
-    assert error["details"][0]["loc"] == ["model", "base_model"]
-    assert api.get("/v1/jobs").get_json()["items"] == before  # nothing queued
+def test_without_a_base_model_the_accurate_preset_says_how_to_add_one(tmp_path: Path):
+    # SQLite: a registry of its own, empty (the PostgreSQL database is shared by the session's tests)
+    with running_api(sqlite_settings(tmp_path)) as (api, _):
+        dataset = upload(api)
+        resp = api.post("/v1/jobs", json={"dataset_id": dataset["id"], "preset": "accurate"})
+        assert resp.status_code == 422
+        error = resp.get_json()["error"]
+        assert "textclf base-models add" in error["message"] and "POST /v1/base-models" in error["message"]
+        assert error["details"][0]["loc"] == ["model", "base_model"]
+        assert api.get("/v1/jobs").get_json()["items"] == []  # nothing queued
 
 
 def test_an_unknown_base_model_is_a_422_and_a_known_one_is_locked_in_by_its_job(db_api, tmp_path: Path):
@@ -145,13 +145,17 @@ def test_an_unknown_base_model_is_a_422_and_a_known_one_is_locked_in_by_its_job(
                                       "model": {"base_model": "nope"}})
     assert resp.status_code == 422 and "GET /v1/base-models" in resp.get_json()["error"]["message"]
 
+    name = f"b-{uuid.uuid4().hex[:8]}"
     with sessionmaker.begin() as session:
-        install_base_model(session=session, settings=settings, src=build_tiny_bert(tmp_path / "b"), name="b")
+        install_base_model(session=session, settings=settings, src=build_tiny_bert(tmp_path / "b"), name=name)
+        first = first_base_model(session=session).name  # this one, unless an earlier test's is still installed
     resp = api.post("/v1/jobs", json={"dataset_id": dataset["id"], "model": {"name": "encoder"}})
     assert resp.status_code == 202, resp.get_data(as_text=True)
-    assert resp.get_json()["spec"]["model"]["base_model"] == "b"  # the first installed
+    assert resp.get_json()["spec"]["model"]["base_model"] == first  # the first installed
+    resp = api.post("/v1/jobs", json={"dataset_id": dataset["id"], "model": {"name": "encoder", "base_model": name}})
+    assert resp.status_code == 202 and resp.get_json()["spec"]["model"]["base_model"] == name
     # while that job is queued, the base model cannot be deleted
-    resp = api.delete("/v1/base-models/b")
+    resp = api.delete(f"/v1/base-models/{name}")
     assert resp.status_code == 409, resp.get_data(as_text=True)
 
 
@@ -174,17 +178,18 @@ def test_a_sweep_compares_optimizers_on_an_encoder(db_api, tmp_path: Path):
     """Every child of a sweep over an accurate base resolves the base model, with each method's own rate where
     the grid names another method (SGD and momentum for comparison, as the preset's AdamW rate would not do)."""
     api, sessionmaker, settings = db_api
+    name = f"b-{uuid.uuid4().hex[:8]}"
     with sessionmaker.begin() as session:
-        install_base_model(session=session, settings=settings, src=build_tiny_bert(tmp_path / "b"), name="b")
+        install_base_model(session=session, settings=settings, src=build_tiny_bert(tmp_path / "b"), name=name)
     dataset = upload(api)
     resp = api.post("/v1/sweeps", json={
-        "dataset_id": dataset["id"], "base": {"preset": "accurate", "epochs": 1},
+        "dataset_id": dataset["id"], "base": {"preset": "accurate", "epochs": 1, "model": {"base_model": name}},
         "grid": {"optimizer.name": ["adamw", "momentum"], "optimizer.layer_decay": [1.0, 0.8]}})
     assert resp.status_code == 202, resp.get_data(as_text=True)
     children = resp.get_json()["children"]
     assert len(children) == 4
     for child in children:
         spec = api.get(f"/v1/jobs/{child['job_id']}").get_json()["spec"]
-        assert (spec["model"]["name"], spec["model"]["base_model"]) == ("encoder", "b")
+        assert (spec["model"]["name"], spec["model"]["base_model"]) == ("encoder", name)
         assert spec["optimizer"]["layer_decay"] == child["params"]["optimizer.layer_decay"]
         assert spec["optimizer"]["lr"] == (5e-5 if child["params"]["optimizer.name"] == "adamw" else 0.05)
