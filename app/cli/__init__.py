@@ -47,6 +47,8 @@ def migrate() -> None:
     from core.db.migrate import upgrade
 
     settings = get_settings()
+    if settings.database_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded database's folder
     upgrade(settings.database_url)
     console.print("[green]database is at the newest schema[/green]")
 

@@ -32,8 +32,13 @@ ADMIN_KEY_FILE = "admin.key"
 @contextlib.contextmanager
 def local_session(settings: Settings) -> Iterator[Session]:
     """One transaction on DATABASE_URL (committed if the block succeeds); the engine is closed afterwards."""
+    from core.db.migrate import upgrade
     from core.db.session import make_engine, make_sessionmaker
 
+    if settings.database_url.startswith("sqlite"):
+        # The embedded database, as `textclf serve` would start it: these commands work in a fresh folder too.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine).begin() as session:

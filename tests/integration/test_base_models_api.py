@@ -311,3 +311,21 @@ def test_cli_add_list_remove(cli_settings: Settings, tiny_bert_dir: Path):
     missing = runner.invoke(main, ["base-models", "remove", name])
     assert missing.exit_code == 1 and "No base model named" in missing.output
     assert runner.invoke(main, ["base-models", "add", str(tiny_bert_dir / "nowhere")]).exit_code == 2
+
+
+def test_cli_works_in_a_fresh_folder(tmp_path: Path, tiny_bert_dir: Path, monkeypatch):
+    """Before `textclf serve` ever ran there (no data folder, no database): the embedded database is made and
+    migrated, as the server would at start, instead of a traceback."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("TEXTCLF_DATA_DIR", "DATABASE_URL", "BASE_MODELS_DIR", "ARTIFACT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        added = runner.invoke(main, ["base-models", "add", str(tiny_bert_dir)])
+        assert added.exit_code == 0, added.output
+        assert (tmp_path / "textclf-data" / "base-models" / "tiny-bert" / "model.safetensors").is_file()
+        assert runner.invoke(main, ["keys", "list"]).exit_code == 0
+        assert runner.invoke(main, ["migrate"]).exit_code == 0
+    finally:
+        get_settings.cache_clear()
