@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -497,3 +500,33 @@ def run_story(base: str) -> None:
 
     empty = requests.post(f"{base}/v1/predict", json={"texts": []}, timeout=10)
     assert empty.status_code == 422 and empty.json()["error"]["code"] == "validation_error"
+
+
+def assert_bundle_agrees_with_api(api: Api, model: dict, bundle: bytes, texts: list[str], folder: Path) -> None:
+    """The README's bundle example (app.bundle.USAGE), run in a fresh interpreter in `folder` on `texts`, prints
+    the labels the API gives for them, and logits whose softmax is the API's scores."""
+    import numpy as np
+
+    from app.bundle import USAGE
+
+    card = json.loads(zipfile.ZipFile(io.BytesIO(bundle)).read("model_card.json"))
+    (folder / "model.zip").write_bytes(bundle)
+    snippet, found = re.subn(r"^texts = \[.*\]$", "texts = json.loads(sys.argv[1])", USAGE.format(file="model.zip"),
+                             flags=re.M)
+    assert found == 1
+    snippet = "import sys\n" + snippet + "print(json.dumps(logits.tolist()))\n"
+    run = subprocess.run([sys.executable, "-c", snippet, json.dumps(texts)], cwd=folder, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    labels_line, logits_line = run.stdout.strip().splitlines()
+
+    resp = api.post(f"/v1/models/{model['id']}/predict", json={"texts": texts, "top_k": len(card["labels"])})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    predictions = resp.get_json()["predictions"]
+    assert labels_line == repr([p["label"] for p in predictions])
+    logits = np.array(json.loads(logits_line))
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    proba /= proba.sum(axis=1, keepdims=True)
+    for row, p in zip(proba, predictions):
+        scores = {s["label"]: s["score"] for s in p["top_k"]}
+        assert np.allclose(row, [scores[label] for label in card["labels"]], atol=1e-5)

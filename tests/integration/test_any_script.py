@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import subprocess
-import sys
 import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from app.bundle import USAGE
 from core.db.tables import Dataset
-from tests.helpers import Api, db_settings, running_api, sqlite_settings
+from tests.helpers import Api, assert_bundle_agrees_with_api, db_settings, running_api, sqlite_settings
 from tests.helpers import chinese_dataset_csv as zh_csv
 from tests.helpers import japanese_dataset_csv as ja_csv
 from tests.helpers import thai_dataset_csv as th_csv
@@ -145,28 +140,7 @@ def test_the_bundle_classifies_with_onnxruntime_and_tokenizers_alone(trained, la
     card = json.loads(bundle.read("model_card.json"))
     assert card["spec"]["tokenizer"]["kind"] == "char" and card["labels"] == case["labels"]
     assert "Split" in json.loads(bundle.read("tokenizer.json"))["pre_tokenizer"]["pretokenizers"][0]["type"]
-    (tmp_path / "model.zip").write_bytes(data)
-
-    texts = [*case["texts"], "明日は雨です。 ต้มยำกุ้ง ＡＢＣ１２３"]
-    snippet = USAGE.format(file="model.zip")
-    snippet, found_texts = re.subn(r"^texts = \[.*\]$", "texts = json.loads(sys.argv[1])", snippet, flags=re.M)
-    assert found_texts == 1
-    snippet = "import sys\n" + snippet + "print(json.dumps(logits.tolist()))\n"
-    run = subprocess.run([sys.executable, "-c", snippet, json.dumps(texts)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    labels_line, logits_line = run.stdout.strip().splitlines()
-
-    resp = api.post(f"/v1/models/{model['id']}/predict", json={"texts": texts, "top_k": len(case["labels"])})
-    assert resp.status_code == 200, resp.get_data(as_text=True)
-    predictions = resp.get_json()["predictions"]
-    assert labels_line == repr([p["label"] for p in predictions])
-    logits = np.array(json.loads(logits_line))
-    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
-    proba /= proba.sum(axis=1, keepdims=True)
-    for row, p in zip(proba, predictions):
-        scores = {s["label"]: s["score"] for s in p["top_k"]}
-        assert np.allclose(row, [scores[label] for label in card["labels"]], atol=1e-5)
+    assert_bundle_agrees_with_api(api, model, data, [*case["texts"], "明日は雨です。 ต้มยำกุ้ง ＡＢＣ１２３"], tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,22 +7,24 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import subprocess
-import sys
 import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from app.bundle import USAGE
 from core.base_models import sha256_file
 from core.db.base_models import first_base_model, install_base_model
-from tests.helpers import Api, db_settings, running_api, sqlite_settings, tiny_dataset_csv
+from tests.helpers import (
+    Api,
+    assert_bundle_agrees_with_api,
+    db_settings,
+    running_api,
+    sqlite_settings,
+    tiny_dataset_csv,
+)
 from tests.tiny_bert import build_tiny_bert
 
 pytestmark = pytest.mark.integration
@@ -94,25 +96,8 @@ def test_the_bundle_classifies_with_onnxruntime_and_tokenizers_alone(trained, tm
         resp.close()
     card = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("model_card.json"))
     assert card["add_special_tokens"] is True and card["max_tokens"] == 64
-    (tmp_path / "model.zip").write_bytes(data)
-    snippet = USAGE.format(file="model.zip")
-    snippet, n = re.subn(r"^texts = \[.*\]$", "texts = json.loads(sys.argv[1])", snippet, flags=re.M)
-    assert n == 1
-    snippet = "import sys\n" + snippet + "print(json.dumps(logits.tolist()))\n"
-    texts = [*TEXTS, "the match " * 100]  # past the model's 64 positions: cut as in training
-    run = subprocess.run([sys.executable, "-c", snippet, json.dumps(texts)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    labels_line, logits_line = run.stdout.strip().splitlines()
-    resp = api.post(f"/v1/models/{model['id']}/predict", json={"texts": texts, "top_k": 2})
-    predictions = resp.get_json()["predictions"]
-    assert labels_line == repr([p["label"] for p in predictions])
-    logits = np.array(json.loads(logits_line))
-    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
-    proba /= proba.sum(axis=1, keepdims=True)
-    for row, p in zip(proba, predictions):
-        scores = {s["label"]: s["score"] for s in p["top_k"]}
-        assert np.allclose(row, [scores[label] for label in card["labels"]], atol=1e-5)
+    # the last text is past the model's 64 positions: cut as in training, [SEP] kept
+    assert_bundle_agrees_with_api(api, model, data, [*TEXTS, "the match " * 100], tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------
