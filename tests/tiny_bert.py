@@ -175,6 +175,15 @@ def build_tiny_bert(folder: Path, *, seed: int = 0, use_transformers: bool | Non
     return folder
 
 
+def zip_of(entries: dict[str, bytes]) -> bytes:
+    """A zip (stored, not compressed) holding `entries`, names as given: for uploads a folder cannot make."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
 def zip_folder(folder: Path, *, top: str | None = None) -> bytes:
     """The folder's files as a zip: at the zip's root, or inside one top-level folder `top`."""
     out = io.BytesIO()

@@ -16,11 +16,17 @@ from tests.tiny_bert import build_tiny_bert
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_gpu_check_runs_on_the_cpu_with_a_flag(tmp_path: Path):
-    folder = tmp_path / "data" / "tiny"
+def tiny_data(tmp_path: Path, name: str) -> None:
+    """tmp_path/data/<name>/train.csv and test.csv: the tiny dataset as both (a known --datasets name may be
+    needed: the scripts check it)."""
+    folder = tmp_path / "data" / name
     folder.mkdir(parents=True)
     (folder / "train.csv").write_bytes(tiny_dataset_csv())
     (folder / "test.csv").write_bytes(tiny_dataset_csv())
+
+
+def test_gpu_check_runs_on_the_cpu_with_a_flag(tmp_path: Path):
+    tiny_data(tmp_path, "tiny")
     out = tmp_path / "gpu_check.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu",
                           "--datasets", "tiny", "--data-dir", str(tmp_path / "data"), "--spec", '{"epochs": 2}',
@@ -34,10 +40,7 @@ def test_gpu_check_runs_on_the_cpu_with_a_flag(tmp_path: Path):
 
 
 def test_accuracy_peers_only_scores_every_peer(tmp_path: Path):
-    folder = tmp_path / "data" / "trec"  # a known dataset name (--datasets has choices), tiny data
-    folder.mkdir(parents=True)
-    (folder / "train.csv").write_bytes(tiny_dataset_csv())
-    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    tiny_data(tmp_path, "trec")  # a known dataset name (--datasets has choices), tiny data
     out = tmp_path / "accuracy.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy.py"), "--peers-only", "--datasets", "trec",
                           "--data-dir", str(tmp_path / "data"), "--out", str(out)],
@@ -54,10 +57,7 @@ def test_accuracy_peers_only_scores_every_peer(tmp_path: Path):
 
 
 def test_accuracy_accurate_preset_fine_tunes_the_base_model_beside_a_frozen_peer(tmp_path: Path):
-    folder = tmp_path / "data" / "trec"
-    folder.mkdir(parents=True)
-    (folder / "train.csv").write_bytes(tiny_dataset_csv())
-    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    tiny_data(tmp_path, "trec")
     bert = build_tiny_bert(tmp_path / "tiny-bert")
     out = tmp_path / "accuracy.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy.py"), "--presets", "accurate",
@@ -73,10 +73,7 @@ def test_accuracy_accurate_preset_fine_tunes_the_base_model_beside_a_frozen_peer
 
 
 def test_gpu_check_trains_an_encoder_with_a_base_model(tmp_path: Path):
-    folder = tmp_path / "data" / "tiny"
-    folder.mkdir(parents=True)
-    (folder / "train.csv").write_bytes(tiny_dataset_csv())
-    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    tiny_data(tmp_path, "tiny")
     out = tmp_path / "gpu_check.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu",
                           "--datasets", "tiny", "--data-dir", str(tmp_path / "data"),
@@ -99,10 +96,7 @@ def test_load_script_reports_requests_errors_and_memory(tmp_path: Path):
 
 
 def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path):
-    folder = tmp_path / "data" / "tiny"
-    folder.mkdir(parents=True)
-    (folder / "train.csv").write_bytes(tiny_dataset_csv())
-    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    tiny_data(tmp_path, "tiny")
     out = tmp_path / "serving.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "serving.py"), "--quick", "--models", "2",
                           "--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--spec", '{"epochs": 1}',
@@ -120,10 +114,7 @@ def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path):
 
 
 def test_sweep_bench_runs_a_small_sweep_and_checks_its_leaderboard(tmp_path: Path):
-    folder = tmp_path / "data" / "tiny"
-    folder.mkdir(parents=True)
-    (folder / "train.csv").write_bytes(tiny_dataset_csv())
-    (folder / "test.csv").write_bytes(tiny_dataset_csv())
+    tiny_data(tmp_path, "tiny")
     out, svg = tmp_path / "sweep.json", tmp_path / "sweep.svg"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep.py"), "--quick", "--no-baseline",
                           "--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--out", str(out),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import uuid
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from core.db.tables import TrainingJob
 from core.errors import ServiceError
 from core.spec import JobStatus
 from tests.helpers import Api, KeyedApi, assert_error, db_settings, running_api, sqlite_settings
-from tests.tiny_bert import zip_folder
+from tests.tiny_bert import zip_folder, zip_of
 
 pytestmark = pytest.mark.integration
 
@@ -205,14 +204,6 @@ def test_delete_while_a_job_fine_tunes_it_is_409(any_api: Api, tiny_bert_dir: Pa
         set_status(maker, job, JobStatus.cancelled)
         engine.dispose()
     assert any_api.delete(f"/v1/base-models/{name}").status_code == 204
-
-
-def zip_of(entries: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        for entry, data in entries.items():
-            archive.writestr(entry, data)
-    return out.getvalue()
 
 
 def test_refused_uploads_answer_in_the_error_shape_and_leave_nothing(any_api: Api, tiny_bert_dir: Path):

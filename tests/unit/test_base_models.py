@@ -22,7 +22,7 @@ from core.base_models import (
 )
 from core.errors import ErrorCode, ServiceError
 from tests.helpers import make_settings
-from tests.tiny_bert import bert_tensors, build_tiny_bert, write_safetensors, zip_folder
+from tests.tiny_bert import bert_tensors, build_tiny_bert, write_safetensors, zip_folder, zip_of
 
 pytestmark = pytest.mark.unit
 
@@ -216,14 +216,6 @@ def test_names_that_could_not_be_a_folder_or_url_segment_are_refused(name: str):
 def unpack(data: bytes, dest: Path, max_bytes: int = 10**8) -> Path:
     dest.mkdir()
     return extract_zip(io.BytesIO(data), dest, max_bytes=max_bytes)
-
-
-def zip_of(entries: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return out.getvalue()
 
 
 def test_a_zip_with_files_at_its_root_unpacks_into_dest(tiny_bert_dir: Path, tmp_path: Path):
