@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -403,19 +404,30 @@ def wait_running(base: str, job_id: str, timeout: float = 120.0) -> dict:
 
 @contextlib.contextmanager
 def frozen(pids: list[int], seconds: float = 0.0) -> Iterator[None]:
-    """Stop the processes (SIGSTOP) for the block, and at least `seconds`, then continue them: a test injects
-    "this step is slow" instead of hoping the machine is slow enough."""
+    """Stop the processes (SIGSTOP), then continue them: a test injects "this step is slow" instead of hoping the
+    machine is slow enough. With `seconds`, they are continued that long after the stop, even while the block
+    still runs, and the block's exit waits for it: a process stopped inside a database write holds the lock a
+    request in the block may wait for. Without, they stay stopped for the whole block."""
     import signal
+
+    def thaw() -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
-    until = time.monotonic() + seconds
+    timer = threading.Timer(seconds, thaw) if seconds > 0 else None
+    if timer is not None:
+        timer.start()
     try:
         yield
-        time.sleep(max(0.0, until - time.monotonic()))
+        if timer is not None:
+            timer.join()
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        if timer is not None:
+            timer.cancel()
+        thaw()
 
 
 def wait_for_log(procs: Processes, name: str, text: str, timeout: float = 60.0) -> None:
