@@ -106,6 +106,9 @@ RECORD_BYTE_FACTOR = 6
 FIXED_BYTES = 200 * MB
 
 
+# An encoder's head_init probe (worker/ml/train.py _Loop.probe_head), per training row and feature or class.
+PROBE_FEATURE_BYTES = 4 + 8
+PROBE_CLASS_BYTES = 4 * 8
 # Rows per validation pass of an encoder (worker/ml/encoder.py EncoderClassifier.eval_batch).
 ENCODER_EVAL_ROWS = 64
 # transformers and the base model's loading add this much to an encoder job's process beyond FIXED_BYTES.
@@ -196,6 +199,10 @@ def estimate_training_bytes(spec: TrainingSpec, data: DataShape, *, num_classes:
     # weights, gradients, optimizer state, and the best epoch's copy; the checkpoint is written from them
     parameters = params * FLOAT * (3 + OPTIMIZER_STATES[spec.optimizer.name])
     data = rows * width * TOKEN_BYTES + records_bytes * RECORD_BYTE_FACTOR
+    if encoder and spec.model.head_init == "probe":
+        # the pooled features of every training row (float32, and float64 in the fit) and the fit's four
+        # float64 rows x classes arrays (one-hot, logits, log-probabilities, gradient)
+        data += rows * (base.hidden_size * PROBE_FEATURE_BYTES + num_classes * PROBE_CLASS_BYTES)
     tfidf = 0
     if spec.model.tfidf is not None:
         # counts of the real tokens only (at most one per byte of the records), and a weight per class for every

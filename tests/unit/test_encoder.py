@@ -62,7 +62,7 @@ def test_the_accurate_preset_is_an_encoder_fine_tune():
     assert (s.model.name, s.model.pooling, s.model.tfidf, s.model.base_model) == ("encoder", "mean", None, None)
     assert (s.optimizer.name, s.optimizer.lr, s.optimizer.weight_decay) == ("adamw", 5e-5, 0.01)
     assert (s.scheduler.name, s.scheduler.warmup_ratio, s.grad_clip, s.epochs) == ("linear_warmup", 0.1, 1.0, 3)
-    assert s.tokenizer.max_length == 128
+    assert s.tokenizer.max_length == 128 and s.model.head_init == "probe"
     # the user's fields win over the preset's
     assert spec(preset="accurate", model={"pooling": "cls", "base_model": "minilm"}).model.pooling == "cls"
     assert spec(model={"name": "encoder"}).model.tfidf is None  # an encoder alone unless a blend is asked for
@@ -73,6 +73,7 @@ def test_the_accurate_preset_is_an_encoder_fine_tune():
     {"model": {"name": "bigru", "pooling": "cls"}},
     {"model": {"name": "textcnn", "base_model": "minilm"}},
     {"model": {"name": "encoder", "wide": True}},
+    {"model": {"name": "textcnn", "head_init": "probe"}},
     {"preset": "accurate", "augment": {"deletion": 0.1}},
 ])
 def test_settings_that_do_not_apply_to_the_model_are_refused(fields):
@@ -177,10 +178,31 @@ def test_size_and_memory_estimates_come_from_the_base_model():
     small = estimate_training_bytes(spec(preset="accurate"), data, num_classes=6, base=base)
     large = estimate_training_bytes(spec(preset="accurate", batch_size=256), data, num_classes=6, base=base)
     assert large["activations"] > 7 * small["activations"]
+    # the probe's features of every row, in float32 and float64, and its fit's four float64 arrays per class
+    random_head = estimate_training_bytes(spec(preset="accurate", model={"head_init": "random"}), data,
+                                          num_classes=6, base=base)
+    assert small["data"] - random_head["data"] == 5_000 * (384 * 12 + 6 * 32)
     # AdamW: weights, gradients, two moments and the best epoch's copy
     assert small["parameters"] == (22_713_216 + 384 * 6 + 6) * 4 * 5
     with pytest.raises(ValueError):
         estimate_training_bytes(spec(preset="accurate"), data, num_classes=6)
+
+
+def test_a_probed_head_starts_at_what_the_frozen_features_classify(bert: Path, rows):
+    """head_init probe fits the head on the frozen model's features before any step; random starts near uniform.
+    A rate of 1e-12 leaves the one step's model as it started."""
+    texts, labels = rows
+    frozen = {"preset": "accurate", "max_steps": 1, "optimizer": {"name": "adamw", "lr": 1e-12}, "batch_size": 8,
+              "early_stopping": None}
+    run = {"label_names": ["cooking", "sports"], "device": torch.device("cpu"), "base_model_dir": bert}
+    for head_init in ("probe", "random"):
+        result = train(spec(model={"head_init": head_init}, **frozen), texts, labels, **run)
+        proba = predict_proba(result.model, result.encoder, texts, torch.device("cpu"))
+        accuracy = np.mean(np.array(["cooking", "sports"])[proba.argmax(axis=1)] == np.array(labels))
+        if head_init == "probe":
+            assert accuracy >= 0.85 and proba.max(axis=1).mean() > 0.7
+        else:
+            assert proba.max(axis=1).mean() < 0.6
 
 
 # ---------------------------------------------------------------------------------------------------------

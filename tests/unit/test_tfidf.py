@@ -76,9 +76,13 @@ def test_the_member_is_the_model_scikit_learn_fits_on_tfidf_features():
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
 
 
-def test_logistic_regression_weighs_classes_like_scikit_learn():
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_logistic_regression_weighs_classes_like_scikit_learn(dense: bool):
+    """Sparse TF-IDF rows, and dense ones (an encoder's pooled features for its head_init probe)."""
     rng = np.random.default_rng(0)
     x = sp.random(200, 30, density=0.2, random_state=0, format="csr")
+    if dense:
+        x = x.toarray() + rng.normal(size=x.shape)
     y = rng.integers(0, 3, size=200)
     weights = np.array([1.0, 4.0, 0.5])
     coef, bias = fit_logistic_regression(x, y, num_classes=3, c=1.0, class_weight=weights)

@@ -69,8 +69,12 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] for right-padded input_ids and attention_mask [B, T]."""
+        return self.head(self.dropout(self.features(input_ids, attention_mask)))
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooled vectors [B, H] the head reads."""
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
-        return self.head(self.dropout(self._pool(states, attention_mask)))
+        return self._pool(states, attention_mask)
 
     def _pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":

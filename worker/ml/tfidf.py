@@ -77,10 +77,15 @@ def fit_logistic_regression(
     updates read that history many times per iteration and were most of the fit's time, and float32 there cost
     no accuracy. The timings and scores behind each choice: bench/README.md.
 
+    `x` is sparse (TF-IDF rows) or a dense array (an encoder's pooled features, for its head_init probe).
     `init` (coef [C, F], bias [C]) starts L-BFGS there instead of at zero: the loss is convex, so the optimum is
     the same, reached in fewer iterations from a nearby fit.
     """
-    features_csr, transposed = _csr(x), _csr(sp.csr_matrix(x).T)  # X @ W, and X^T @ G for the gradient
+    if sp.issparse(x):
+        rows_x, columns_x = _csr(x), _csr(sp.csr_matrix(x).T)  # X @ W, and X^T @ G for the gradient
+    else:  # dense features (an encoder's pooled vectors): plain float64 products
+        rows_x = torch.from_numpy(np.asarray(x, dtype=np.float64))
+        columns_x = rows_x.T
     n, features = x.shape
     target = torch.from_numpy(np.asarray(y, dtype=np.int64))
     onehot = F.one_hot(target, num_classes).double()
@@ -101,11 +106,11 @@ def fit_logistic_regression(
     @torch.no_grad()
     def objective() -> torch.Tensor:
         w, b = coef.double(), bias.double()
-        z = features_csr @ w + b
+        z = rows_x @ w + b
         log_p = torch.log_softmax(z, dim=1)
         loss = -(per_example * onehot * log_p).sum() + penalty * (w * w).sum()
         g = per_example * (log_p.exp() - onehot)  # d loss / d z, [N, C]
-        coef.grad = (transposed @ g + 2.0 * penalty * w).float()
+        coef.grad = (columns_x @ g + 2.0 * penalty * w).float()
         bias.grad = g.sum(dim=0).float()
         return loss  # float64: the line search compares losses that differ in their 8th digit near the optimum
 
