@@ -1,20 +1,33 @@
 """Serving figures with the API under Granian as in production (the command `textclf serve` runs), loaded by wrk
-on loopback:
+on loopback, beside MLflow's and BentoML's servers on the same ONNX file:
 
-    python bench/serving.py                                   # TREC, default spec, 10 s per run
-    python bench/serving.py --mlflow-python /tmp/mlflow-venv/bin/python   # + MLflow's server on the same model
+    python bench/serving.py                                   # TREC, default spec, 10 s per run, ours only
+    python bench/serving.py --peers                           # + MLflow and BentoML (installed once, see below)
+    python bench/serving.py --mlflow-python /tmp/mlflow-venv/bin/python   # + MLflow from an environment of yours
     python bench/serving.py --quick --dataset tiny --data-dir DIR         # seconds (the e2e test runs this)
 
-In one run, on one server: single-text predict vs GET /healthz (the framework floor: same server, same
-middleware) req/s and p50/p99 at 1, 16 and 64 connections; texts/s at 1, 32 and 256 texts per request vs
-in-process onnxruntime (the same OnnxPredictor, model and batch, in this process on all cores); RSS and PSS of
-each API worker with 0, 1 and 10 models loaded; optionally MLflow's `mlflow models serve` (2 workers) on the same
-ONNX file, fed the token ids our tokenizer makes (MLflow must live in its own environment: it is not a
-dependency of this project). Prints a table and writes bench/results/serving.json.
+One table, a row per server, endpoint and batching, with req/s, p50/p99 and the server's CPU ms per request at 1,
+16 and 64 connections, all single-text requests:
+- ours: GET /healthz (the framework floor: same server, same middleware), and predict with dynamic batching on
+  (PREDICT_BATCHING=true, as shipped) and off (the API restarted on the same data folder and models);
+- MLflow: `mlflow models serve -w 2` (/invocations; no batching of its own);
+- BentoML: bench/bentoml_service.py (2 workers), /predict without batching and /predict_batched with BentoML's
+  adaptive batching;
+plus, for each peer row, ours over its req/s and its CPU over ours at 64 connections (ours with the same
+batching). The peers get the token ids our tokenizer makes, so they do only HTTP and the onnxruntime call.
+Then texts/s at 1, 32 and 256 texts per request vs in-process onnxruntime (the same OnnxPredictor, model and
+batch, in this process on all cores), and RSS and PSS of each API worker with 0, 1 and 10 models loaded. Writes
+bench/results/serving.json.
+
+The peers are no dependencies of this project: --peers makes each its own virtualenv, once, under
+bench/results/envs/{mlflow,bentoml} with the versions pinned in PEER_PINS (a later run reuses them);
+--mlflow-python / --bentoml-python name an environment of yours instead. A peer that cannot be installed, started
+or loaded gets `not measured` and the reason in its row, and the run goes on.
 
 The models are trained in this process with the worker's code (the main one with --spec, nine more stopped
-after 20 steps: only their size matters). wrk comes from Debian's `wrk` package; without it a threaded Python
-load generator runs instead (it saturates sooner, so its figures are lower bounds).
+after 20 steps: only their size matters); with --base-model the served model is an encoder. wrk comes from
+Debian's `wrk` package; without it a threaded Python load generator runs instead (it saturates sooner, so its
+figures are lower bounds).
 """
 
 from __future__ import annotations
@@ -25,12 +38,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import requests
@@ -232,7 +247,132 @@ def load_everywhere(base: str, model_ids: list[str], workers: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# MLflow
+# servers
+
+
+CONNECTIONS = (1, 16, 64)
+BATCH_SIZES = (1, 32, 256)
+
+
+class NotMeasured(Exception):
+    """A row that cannot be measured in this run; its message is the reason the table shows."""
+
+
+# What a server that fails to install, start or answer raises; its row says so and the run goes on.
+SERVER_ERRORS = (NotMeasured, RuntimeError, subprocess.SubprocessError, OSError, requests.RequestException,
+                 SystemExit)
+
+
+@contextmanager
+def serving(cmd: list[str], ready_url: str, log: Path, env: dict, cwd: Path = ROOT):
+    """Run a server's command in its own session until the block ends; yields its process once `ready_url`
+    answers 200."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    tree: dict[int, str | None] = {}
+    try:
+        wait_ok(ready_url, proc, timeout=180)
+        tree = descendants(proc.pid)
+        yield proc
+    finally:
+        stop(proc)
+        # Process managers (BentoML's circus) put their workers in sessions of their own, out of stop()'s reach
+        # should the manager die before it stops them. The start time tells them from a stranger given the pid.
+        for pid, started in tree.items():
+            if started is not None and started_at(pid) == started:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def started_at(pid: int) -> str | None:
+    """The start time of a process (field 22 of /proc/PID/stat), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> dict[int, str | None]:
+    """Every process under `pid` (children, their children, ...) with its start time."""
+    found, frontier = {}, [pid]
+    while frontier:
+        kids = children(frontier.pop())
+        found.update((kid, started_at(kid)) for kid in kids)
+        frontier += kids
+    return found
+
+
+def warm_up(url: str, body: str | None, workdir: Path) -> None:
+    """A second of load, not kept: first-call costs (a model's load, BentoML's batching calibration) stay out of
+    the figures."""
+    GENERATOR(url, 4, 1.0, body, workdir)
+
+
+def measure(url: str, body: str | None, seconds: float, workdir: Path, server_pid: int) -> list[dict]:
+    """One load run per connection count, after a warm-up."""
+    warm_up(url, body, workdir)
+    return [{"connections": c, **load(url, c, seconds, body, workdir, server_pid)} for c in CONNECTIONS]
+
+
+def row(server: str, endpoint: str, batching: str | None, **figures) -> dict:
+    """A line of the serving table: `runs` (one per connection count) or `not_measured` (why not)."""
+    return {"server": server, "endpoint": endpoint, "batching": batching, **figures}
+
+
+def api_env(env: dict, batching: bool) -> dict:
+    """Our API's environment with dynamic batching on or off (set either way: the caller's may say otherwise)."""
+    return {**env, "PREDICT_BATCHING": "true" if batching else "false"}
+
+
+def token_ids(model_dir: Path, text: str) -> tuple[list, list]:
+    """The token ids and attention mask our tokenizer makes for `text` (what the peers are fed: they score the
+    ONNX graph and leave tokenisation to the caller)."""
+    from core.ml.predictor import OnnxPredictor
+
+    ids, mask = OnnxPredictor(model_dir).encoder.encode([text])
+    return ids.tolist(), mask.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# peers: MLflow and BentoML, each in an environment of its own
+
+
+# Neither peer is a dependency of this project, and their pins would fight ours. Both get our onnxruntime
+# release, so a row measures the server around the ONNX call, not another runtime. mlflow 3.18.0 cannot be
+# installed from the registry (its mlflow-tracing==3.18.0 is not published), so MLflow is the 3.17 line's last.
+PEER_PINS = {
+    "mlflow": ["mlflow==3.17.2", "onnx==1.23.2", "onnxruntime==1.31.1"],
+    "bentoml": ["bentoml==1.4.40", "onnxruntime==1.31.1", "numpy==2.4.6"],
+}
+ENVS = RESULTS / "envs"
+
+
+def peer_python(name: str, override: str | None, install: bool) -> Path:
+    """The python that runs peer `name`: `override` when given, else the bench's own environment for it, made
+    once under bench/results/envs when `install` (--peers). Raises NotMeasured when there is none."""
+    if override:
+        return Path(override)
+    if not install:
+        raise NotMeasured(f"no --peers or --{name}-python given")
+    folder, pins = ENVS / name, PEER_PINS[name]
+    python, marker = folder / "bin" / "python", folder / "bench-pins.txt"
+    # The marker is written last, so a half-made environment is made again, and a changed pin remakes it.
+    if python.exists() and marker.exists() and marker.read_text().split() == pins:
+        return python
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"installing {' '.join(pins)} into {folder} (once)", file=sys.stderr)
+    for cmd in ([sys.executable, "-m", "venv", str(folder)], [str(python), "-m", "pip", "install", "-q", *pins]):
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if run.returncode != 0:
+            raise NotMeasured(f"`{' '.join(cmd[2:5])} ...` failed: {(run.stderr or run.stdout).strip()[-300:]}")
+    marker.write_text("\n".join(pins) + "\n")
+    return python
+
+
+def peer_env(python: Path, **extra: str) -> dict:
+    """This process's environment for a server from `python`'s virtualenv, plus `extra`."""
+    # Peers start helpers by name (mlflow runs `uvicorn`), so their environment's bin folder goes first on PATH.
+    return {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}", **extra}
 
 
 MLFLOW_SAVE = """
@@ -241,40 +381,81 @@ mlflow.onnx.save_model(onnx.load(sys.argv[1]), sys.argv[2])
 """
 
 
-def mlflow_row(python: str, model_dir: Path, text: str, seconds: float, workdir: Path) -> dict:
-    """MLflow's scoring server on our ONNX file, single-text requests of token ids at 16 connections."""
-    from core.ml.predictor import OnnxPredictor
-
+def mlflow_rows(python: Path, model_dir: Path, text: str, seconds: float, workdir: Path) -> list[dict]:
+    """MLflow's scoring server (`mlflow models serve`, 2 workers) on our ONNX file, fed token ids. It has no
+    batching of its own, so its row is compared with ours with batching off."""
     target = workdir / "mlflow-model"
-    subprocess.run([python, "-c", MLFLOW_SAVE, str(model_dir / "model.onnx"), str(target)], check=True,
-                   capture_output=True, timeout=300)
-    encoder = OnnxPredictor(model_dir).encoder
-    ids, mask = encoder.encode([text])
-    body = json.dumps({"inputs": {"input_ids": ids.tolist(), "attention_mask": mask.tolist()}})
+    save = subprocess.run([str(python), "-c", MLFLOW_SAVE, str(model_dir / "model.onnx"), str(target)],
+                          capture_output=True, text=True, timeout=300)
+    if save.returncode != 0:
+        raise NotMeasured(f"mlflow.onnx.save_model failed: {save.stderr.strip()[-300:]}")
+    ids, mask = token_ids(model_dir, text)
+    body = json.dumps({"inputs": {"input_ids": ids, "attention_mask": mask}})
     port = free_port()
-    mlflow = str(Path(python).with_name("mlflow"))
-    with open(workdir / "mlflow.log", "wb") as log:
-        proc = subprocess.Popen([mlflow, "models", "serve", "-m", str(target), "-p", str(port), "-w", "2",
-                                 "--env-manager", "local"], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True,
-                                # mlflow starts `uvicorn` by name: its environment's bin folder must be on PATH
-                                env={**os.environ, "PATH": f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}"})
+    url = f"http://127.0.0.1:{port}/invocations"
+    cmd = [str(python.with_name("mlflow")), "models", "serve", "-m", str(target), "-p", str(port), "-w", "2",
+           "--env-manager", "local"]
+    with serving(cmd, f"http://127.0.0.1:{port}/ping", workdir / "mlflow.log", peer_env(python)) as proc:
+        requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=30).raise_for_status()
+        return [row("mlflow", "/invocations", "off", runs=measure(url, body, seconds, workdir, proc.pid))]
+
+
+def bentoml_rows(python: Path, model_dir: Path, text: str, seconds: float, workdir: Path) -> list[dict]:
+    """bench/bentoml_service.py (2 workers) on our ONNX file, fed token ids: one endpoint without batching, one
+    with BentoML's adaptive batching."""
+    ids, mask = token_ids(model_dir, text)
+    body = json.dumps({"tokens": [[ids[0], mask[0]]]})  # [B=1, 2, T]: the service's one batchable argument
+    port = free_port()
+    cmd = [str(python.with_name("bentoml")), "serve", "bench.bentoml_service:OnnxClassifier", "--working-dir",
+           str(ROOT), "--host", "127.0.0.1", "--port", str(port)]
+    # BENTOML_HOME keeps its model store and config out of the user's home; no usage reports (and no
+    # waiting on a network that is not there).
+    env = peer_env(python, TEXTCLF_BENCH_ONNX=str(model_dir / "model.onnx"), BENTOML_HOME=str(workdir / "bentoml"),
+                   BENTOML_DO_NOT_TRACK="true")
+    rows = []
+    with serving(cmd, f"http://127.0.0.1:{port}/readyz", workdir / "bentoml.log", env) as proc:
+        for endpoint, batching in (("/predict", "off"), ("/predict_batched", "on")):
+            url = f"http://127.0.0.1:{port}{endpoint}"
+            requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=30).raise_for_status()
+            rows.append(row("bentoml", endpoint, batching, runs=measure(url, body, seconds, workdir, proc.pid)))
+    return rows
+
+
+# Each peer's measuring function and the (endpoint, batching) of its rows.
+PEERS = {"mlflow": (mlflow_rows, [("/invocations", "off")]),
+         "bentoml": (bentoml_rows, [("/predict", "off"), ("/predict_batched", "on")])}
+
+
+def peer_rows(name: str, override: str | None, install: bool, *args) -> list[dict]:
+    """The peer's rows (`args` go to its measuring function), or rows saying why they are not measured: the run
+    goes on either way."""
+    measure_peer, endpoints = PEERS[name]
     try:
-        wait_ok(f"http://127.0.0.1:{port}/ping", proc, timeout=180)
-        check = requests.post(f"http://127.0.0.1:{port}/invocations", data=body,
-                              headers={"Content-Type": "application/json"}, timeout=30)
-        check.raise_for_status()
-        return {"url": "/invocations", **load(f"http://127.0.0.1:{port}/invocations", 16, seconds, body, workdir,
-                                              proc.pid)}
-    finally:
-        stop(proc)
+        return measure_peer(peer_python(name, override, install), *args)
+    except SERVER_ERRORS as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        print(f"{name} not measured: {reason}", file=sys.stderr)
+        return [row(name, endpoint, batching, not_measured=reason) for endpoint, batching in endpoints]
+
+
+def compare_at_64(rows: list[dict]) -> None:
+    """Add to each measured peer row how ours (predict, same batching) compares at 64 connections: ours'
+    req/s over the peer's, and the peer's CPU per request over ours."""
+    at_64 = lambda r: next(run for run in r["runs"] if run["connections"] == 64)  # noqa: E731
+    ours = {r["batching"]: at_64(r) for r in rows if r["server"] == "ours" and r["batching"] and "runs" in r}
+    for r in rows:
+        if r["server"] != "ours" and "runs" in r and r["batching"] in ours:
+            mine, theirs = ours[r["batching"]], at_64(r)
+            r["vs_ours_at_64"] = {"ours_rps_ratio": round(mine["rps"] / max(theirs["rps"], 1e-9), 2),
+                                  "their_cpu_ratio": round(theirs["cpu_ms_per_request"]
+                                                           / max(mine["cpu_ms_per_request"], 1e-9), 2)}
 
 
 # ---------------------------------------------------------------------------------------------------------
 # main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="trec")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TEXTCLF_BENCH_DATA", DEFAULT_DATA)))
@@ -285,14 +466,22 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     parser.add_argument("--models", type=int, default=10, help="models loaded for the memory figure")
     parser.add_argument("--workers", type=int, default=2, help="API worker processes (API_WORKERS)")
-    parser.add_argument("--mlflow-python", help="python of a separate environment with mlflow installed")
+    parser.add_argument("--peers", action="store_true",
+                        help="also measure MLflow and BentoML, each in an environment installed (once) under "
+                             "bench/results/envs")
+    parser.add_argument("--mlflow-python", help="python of an environment with mlflow (instead of --peers')")
+    parser.add_argument("--bentoml-python", help="python of an environment with bentoml and onnxruntime "
+                                                 "(instead of --peers')")
     parser.add_argument("--quick", action="store_true", help="short runs, 3 models (a smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.models = min(args.duration, 1.0), min(args.models, 3)
+    return args
 
-    from app.cli import api_command
+
+def main() -> None:
+    args = parse_args()
     from core.config import Settings
     from core.db.migrate import upgrade
 
@@ -309,19 +498,39 @@ def main() -> None:
     upgrade(settings.database_url)
     if args.base_model is not None:
         install_base(settings, args.base_model)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with open(workdir / "api.log", "wb") as log:
-        api = subprocess.Popen(api_command("127.0.0.1", port), env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     report: dict = {"dataset": args.dataset, "workers": args.workers, "duration_s": args.duration,
                     "load_generator": GENERATOR.__name__, "cores": len(os.sched_getaffinity(0))}
-    try:
-        wait_ok(f"{base}/healthz", api)
-        folder = args.data_dir / args.dataset
-        model_ids = train_models(base, settings, folder / "train.csv", json.loads(args.spec), args.models)
+    folder = args.data_dir / args.dataset
+    test_texts, _ = read_csv(folder / "test.csv")
+
+    model_ids, rows = measure_ours(args, settings, env, folder / "train.csv", test_texts, workdir, report)
+    rows += measure_ours_unbatched(args, env, model_ids[0], test_texts[0], workdir)
+    model_dir = settings.models_dir / model_ids[0]
+    for name in PEERS:
+        rows += peer_rows(name, getattr(args, f"{name}_python"), args.peers, model_dir, test_texts[0], args.duration,
+                          workdir)
+    compare_at_64(rows)
+    report["servers"] = rows
+    report["latency"] = latency_by_connections(rows)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_ours(args, settings, env: dict, train_csv: Path, test_texts: list[str], workdir: Path,
+                 report: dict) -> tuple[list[str], list[dict]]:
+    """Our API as shipped (batching on): train the models, then /healthz and predict at each connection count,
+    texts per request against in-process onnxruntime, and each worker's memory (into `report`)."""
+    from app.cli import api_command
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with serving(api_command("127.0.0.1", port), f"{base}/healthz", workdir / "api.log",
+                 api_env(env, batching=True)) as api:
+        model_ids = train_models(base, settings, train_csv, json.loads(args.spec), args.models)
         requests.put(f"{base}/v1/aliases/{ALIAS}", json={"model_id": model_ids[0]}, timeout=60).raise_for_status()
-        test_texts, _ = read_csv(folder / "test.csv")
         workers = children(api.pid)
         report["memory"] = {"0 models": [memory_mib(pid) for pid in workers]}
         load_everywhere(base, model_ids[:1], args.workers)
@@ -329,15 +538,11 @@ def main() -> None:
 
         predict_url = f"{base}/v1/predict?alias={ALIAS}"
         single = json.dumps({"texts": [test_texts[0]]})
-        report["latency"] = []
-        for connections in (1, 16, 64):
-            floor = load(f"{base}/healthz", connections, args.duration, None, workdir, api.pid)
-            predict = load(predict_url, connections, args.duration, single, workdir, api.pid)
-            report["latency"].append({"connections": connections, "healthz": floor, "predict": predict,
-                                      "predict_vs_floor": round(predict["rps"] / floor["rps"], 3)})
+        rows = [row("ours", "/healthz", None, runs=measure(f"{base}/healthz", None, args.duration, workdir, api.pid)),
+                row("ours", "/v1/predict", "on", runs=measure(predict_url, single, args.duration, workdir, api.pid))]
 
         report["batches"] = []
-        for size in (1, 32, 256):
+        for size in BATCH_SIZES:
             texts = (test_texts * (size // len(test_texts) + 1))[:size]
             served = load(predict_url, 2 * args.workers, args.duration, json.dumps({"texts": texts}), workdir, api.pid)
             local = in_process_texts_per_s(settings.models_dir / model_ids[0], texts, args.duration)
@@ -349,56 +554,70 @@ def main() -> None:
         load_everywhere(base, model_ids, args.workers)
         report["memory"][f"{args.models} models"] = [memory_mib(pid) for pid in workers]
         report["loaded_sessions"] = loaded_sessions(base)
+    return model_ids, rows
 
-        if args.mlflow_python:
-            try:
-                report["mlflow"] = mlflow_row(args.mlflow_python, settings.models_dir / model_ids[0], test_texts[0],
-                                              args.duration, workdir)
-                ours = next(r["predict"] for r in report["latency"] if r["connections"] == 16)
-                report["mlflow"]["ours_vs_mlflow"] = round(ours["rps"] / report["mlflow"]["rps"], 1)
-                report["mlflow"]["ours_vs_mlflow_cpu"] = round(report["mlflow"]["cpu_ms_per_request"]
-                                                              / ours["cpu_ms_per_request"], 1)
-            except (subprocess.SubprocessError, OSError, requests.RequestException, SystemExit) as exc:
-                report["mlflow"] = {"not_measured": f"{type(exc).__name__}: {exc}"[:500]}
-        else:
-            report["mlflow"] = {"not_measured": "no --mlflow-python given"}
-    finally:
-        stop(api)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print_table(report)
-    shutil.rmtree(workdir, ignore_errors=True)
+
+def measure_ours_unbatched(args, env: dict, model_id: str, text: str, workdir: Path) -> list[dict]:
+    """Our API again on the same data folder and models, with PREDICT_BATCHING=false: single-text predict."""
+    from app.cli import api_command
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with serving(api_command("127.0.0.1", port), f"{base}/healthz", workdir / "api-unbatched.log",
+                 api_env(env, batching=False)) as api:
+        load_everywhere(base, [model_id], args.workers)
+        runs = measure(f"{base}/v1/predict?alias={ALIAS}", json.dumps({"texts": [text]}), args.duration, workdir,
+                       api.pid)
+    return [row("ours", "/v1/predict", "off", runs=runs)]
+
+
+def latency_by_connections(rows: list[dict]) -> list[dict]:
+    """Our rows by connection count, as serving.json had them before the peers joined the table."""
+    runs = {(r["endpoint"], r["batching"]): r["runs"] for r in rows if r["server"] == "ours"}
+    out = []
+    for i, connections in enumerate(CONNECTIONS):
+        floor = runs[("/healthz", None)][i]
+        predict = runs[("/v1/predict", "on")][i]
+        out.append({"connections": connections, "healthz": floor, "predict": predict,
+                    "predict_batching_off": runs[("/v1/predict", "off")][i],
+                    "predict_vs_floor": round(predict["rps"] / floor["rps"], 3)})
+    return out
 
 
 def print_table(report: dict) -> None:
-    print(f"\nserving, {report['dataset']}, {report['workers']} Granian workers, {report['cores']} cores, "
-          f"{report['load_generator']}, {report['duration_s']:g} s per run\n")
-    print("| connections | /healthz req/s | p50 ms | p99 ms | CPU ms/req | predict req/s | p50 ms | p99 ms "
-          "| CPU ms/req | predict / floor |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for row in report["latency"]:
-        h, p = row["healthz"], row["predict"]
-        print(f"| {row['connections']} | {h['rps']:,.0f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} "
-              f"| {h['cpu_ms_per_request']:.2f} | {p['rps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} "
-              f"| {p['cpu_ms_per_request']:.2f} | {row['predict_vs_floor']:.0%} |")
+    print(f"\nserving, {report['dataset']}, {report['workers']} workers per server, {report['cores']} cores, "
+          f"{report['load_generator']}, {report['duration_s']:g} s per run; peers fed our tokenizer's ids\n")
+    header = "| server | endpoint | batching |"
+    for c in CONNECTIONS:
+        header += f" {c} conn req/s | p50 ms | p99 ms | CPU ms/req |"
+    print(header + " 64 conn: ours / it req/s | its CPU / ours |")
+    print("|---" * (3 + 4 * len(CONNECTIONS) + 2) + "|")
+    for r in report["servers"]:
+        cells = [r["server"], r["endpoint"], r["batching"] or "–"]
+        if "not_measured" in r:
+            cells += [f"not measured: {r['not_measured']}"] + [""] * (4 * len(CONNECTIONS) + 1)
+        else:
+            for run in r["runs"]:
+                cells += [f"{run['rps']:,.0f}", f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}",
+                          f"{run['cpu_ms_per_request']:.2f}"]
+            vs = r.get("vs_ours_at_64")
+            cells += [f"{vs['ours_rps_ratio']:.2f}×", f"{vs['their_cpu_ratio']:.2f}×"] if vs else ["–", "–"]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+    print("\nours / it: our predict with the same batching (MLflow has none: ours with it off).")
+    for r in report["servers"]:
+        errors = sum(run["errors"] for run in r.get("runs", []))
+        if errors:
+            print(f"warning: {r['server']} {r['endpoint']} (batching {r['batching']}) had {errors} failed requests")
     print("\n| texts / request | API texts/s | API p50 ms | in-process texts/s | API / in-process |")
     print("|---|---|---|---|---|")
-    for row in report["batches"]:
-        print(f"| {row['texts_per_request']} | {row['api_texts_per_s']:,.0f} | {row['api_p50_ms']:.2f} "
-              f"| {row['in_process_texts_per_s']:,.0f} | {row['api_vs_in_process']:.0%} |")
+    for b in report["batches"]:
+        print(f"| {b['texts_per_request']} | {b['api_texts_per_s']:,.0f} | {b['api_p50_ms']:.2f} "
+              f"| {b['in_process_texts_per_s']:,.0f} | {b['api_vs_in_process']:.0%} |")
     print("\n| models loaded | RSS MiB per worker | PSS MiB per worker |")
     print("|---|---|---|")
     for label, rows in report["memory"].items():
-        print(f"| {label} | {' / '.join(str(r['rss_mib']) for r in rows)} "
-              f"| {' / '.join(str(r['pss_mib']) for r in rows)} |")
-    mlflow = report["mlflow"]
-    if "rps" in mlflow:
-        print(f"\nMLflow `models serve` (2 workers), 16 connections: {mlflow['rps']:,.0f} req/s, p50 "
-              f"{mlflow['p50_ms']:.2f} ms, p99 {mlflow['p99_ms']:.2f} ms, {mlflow['cpu_ms_per_request']:.2f} CPU ms "
-              f"per request; ours {mlflow['ours_vs_mlflow']}x its req/s, {mlflow['ours_vs_mlflow_cpu']}x less CPU "
-              "per request")
-    else:
-        print(f"\nMLflow: not measured ({mlflow['not_measured']})")
+        print(f"| {label} | {' / '.join(str(m['rss_mib']) for m in rows)} "
+              f"| {' / '.join(str(m['pss_mib']) for m in rows)} |")
 
 
 if __name__ == "__main__":

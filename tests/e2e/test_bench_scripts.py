@@ -103,14 +103,44 @@ def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path):
                           "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
+    rows = {(row["server"], row["endpoint"], row["batching"]): row for row in report["servers"]}
+    for ours in (("ours", "/healthz", None), ("ours", "/v1/predict", "on"), ("ours", "/v1/predict", "off")):
+        runs = rows[ours]["runs"]
+        assert [run["connections"] for run in runs] == [1, 16, 64]
+        assert all(run["errors"] == 0 and run["rps"] > 0 and run["cpu_ms_per_request"] > 0 for run in runs)
+    for peer in (("mlflow", "/invocations", "off"), ("bentoml", "/predict", "off"),
+                 ("bentoml", "/predict_batched", "on")):
+        assert "no --peers" in rows[peer]["not_measured"]  # the peers run only when asked for
     assert [row["connections"] for row in report["latency"]] == [1, 16, 64]
-    for row in report["latency"]:
-        assert row["predict"]["errors"] == 0 and row["predict"]["rps"] > 0 and row["healthz"]["rps"] > 0
+    assert all(row["predict_batching_off"]["rps"] > 0 for row in report["latency"])
     assert [row["texts_per_request"] for row in report["batches"]] == [1, 32, 256]
     assert all(row["errors"] == 0 and row["in_process_texts_per_s"] > 0 for row in report["batches"])
     assert len(report["memory"]["2 models"]) == 2 and report["loaded_sessions"] == 4
-    assert "not_measured" in report["mlflow"]
-    assert "predict / floor" in run.stdout
+    assert "| ours | /v1/predict | off |" in run.stdout and "| mlflow | /invocations | off | not measured" in run.stdout
+
+
+def test_serving_table_compares_each_peer_with_ours_at_the_same_batching(capsys):
+    from bench import serving
+
+    def runs(rps: float, cpu_ms: float) -> list[dict]:
+        return [{"connections": c, "rps": rps, "p50_ms": 1.0, "p99_ms": 2.0, "cpu_ms_per_request": cpu_ms,
+                 "errors": 0, "requests": 100} for c in (1, 16, 64)]
+
+    rows = [serving.row("ours", "/healthz", None, runs=runs(4000, 0.2)),
+            serving.row("ours", "/v1/predict", "on", runs=runs(2000, 0.5)),
+            serving.row("ours", "/v1/predict", "off", runs=runs(1500, 1.0)),
+            serving.row("mlflow", "/invocations", "off", runs=runs(500, 3.0)),
+            serving.row("bentoml", "/predict", "off", not_measured="RuntimeError: no wheel"),
+            serving.row("bentoml", "/predict_batched", "on", runs=runs(1000, 1.0))]
+    serving.compare_at_64(rows)
+    assert rows[3]["vs_ours_at_64"] == {"ours_rps_ratio": 3.0, "their_cpu_ratio": 3.0}  # against ours off
+    assert rows[5]["vs_ours_at_64"] == {"ours_rps_ratio": 2.0, "their_cpu_ratio": 2.0}  # against ours on
+    assert not any("vs_ours_at_64" in row for row in rows[:3] + rows[4:5])
+    serving.print_table({"dataset": "tiny", "workers": 2, "cores": 2, "load_generator": "wrk", "duration_s": 1,
+                         "servers": rows, "batches": [], "memory": {}})
+    table = capsys.readouterr().out
+    assert "| mlflow | /invocations | off | 500 | 1.00 | 2.00 | 3.00 |" in table and "| 3.00× | 3.00× |" in table
+    assert "| bentoml | /predict | off | not measured: RuntimeError: no wheel |" in table
 
 
 def test_sweep_bench_runs_a_small_sweep_and_checks_its_leaderboard(tmp_path: Path):
