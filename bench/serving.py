@@ -65,24 +65,28 @@ ALIAS = "production"
 # processes
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants alive now (a server's real cost per
-    request, which the machine's other load does not inflate the way it inflates wall-clock figures)."""
+def process_tree(pid: int) -> dict[int, list[str]]:
+    """The /proc/PID/stat fields after the command name of `pid` and every process under it, alive now."""
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
     tree, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
-        kids = [p for p, (ppid, _) in stats.items() if ppid == parent and p not in tree]
+        kids = [p for p, fields in stats.items() if int(fields[1]) == parent and p not in tree]
         tree.update(kids)
         frontier += kids
-    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
+    return {p: stats[p] for p in tree if p in stats}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants alive now (a server's real cost per
+    request, which the machine's other load does not inflate the way it inflates wall-clock figures)."""
+    return sum(int(f[11]) + int(f[12]) for f in process_tree(pid).values()) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -269,7 +273,7 @@ def serving(cmd: list[str], ready_url: str, log: Path, env: dict, cwd: Path = RO
     answers 200."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    tree: dict[int, str | None] = {}
+    tree: dict[int, str] = {}
     try:
         wait_ok(ready_url, proc, timeout=180)
         tree = descendants(proc.pid)
@@ -279,7 +283,7 @@ def serving(cmd: list[str], ready_url: str, log: Path, env: dict, cwd: Path = RO
         # Process managers (BentoML's circus) put their workers in sessions of their own, out of stop()'s reach
         # should the manager die before it stops them. The start time tells them from a stranger given the pid.
         for pid, started in tree.items():
-            if started is not None and started_at(pid) == started:
+            if started_at(pid) == started:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -292,14 +296,9 @@ def started_at(pid: int) -> str | None:
         return None
 
 
-def descendants(pid: int) -> dict[int, str | None]:
+def descendants(pid: int) -> dict[int, str]:
     """Every process under `pid` (children, their children, ...) with its start time."""
-    found, frontier = {}, [pid]
-    while frontier:
-        kids = children(frontier.pop())
-        found.update((kid, started_at(kid)) for kid in kids)
-        frontier += kids
-    return found
+    return {p: fields[19] for p, fields in process_tree(pid).items() if p != pid}
 
 
 def warm_up(url: str, body: str | None, workdir: Path) -> None:
@@ -441,7 +440,9 @@ def peer_rows(name: str, override: str | None, install: bool, *args) -> list[dic
 def compare_at_64(rows: list[dict]) -> None:
     """Add to each measured peer row how ours (predict, same batching) compares at 64 connections: ours'
     req/s over the peer's, and the peer's CPU per request over ours."""
-    at_64 = lambda r: next(run for run in r["runs"] if run["connections"] == 64)  # noqa: E731
+    def at_64(r: dict) -> dict:
+        return next(run for run in r["runs"] if run["connections"] == 64)
+
     ours = {r["batching"]: at_64(r) for r in rows if r["server"] == "ours" and r["batching"] and "runs" in r}
     for r in rows:
         if r["server"] != "ours" and "runs" in r and r["batching"] in ours:
