@@ -30,6 +30,7 @@ def granian_command(settings: Settings, host: str, port: int) -> list[str]:
     """The Granian command line: the app factory, one app (and onnxruntime sessions) per worker process."""
     return [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", "app:create_app",
             "--host", host, "--port", str(port), "--workers", str(settings.api_workers),
+            "--blocking-threads", str(settings.api_threads),
             "--http", "1", "--no-ws", "--http1-header-read-timeout", str(HEADER_READ_TIMEOUT_MS),
             # A worker that dies is started again (gunicorn's master did the same).
             "--respawn-failed-workers", "--respawn-interval", "1",

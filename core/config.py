@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     )
     api_workers: int = Field(2, ge=1, validation_alias="API_WORKERS",
                              description="API worker processes (Granian) started by `textclf serve` and `textclf api`.")
+    # Granian's default for WSGI is backpressure / 2 = 256 threads per process: at 64 connections that many
+    # threads fight over the GIL and a predict costs about a third more CPU (bench/README.md).
+    api_threads: int = Field(16, ge=1, le=512, validation_alias="API_THREADS",
+                             description="Threads per API worker process that run requests (Granian's blocking "
+                             "threads); concurrent predicts in one process are batched together up to this many.")
     model_refresh_seconds: float = Field(
         1.0, ge=0.0, le=3600, validation_alias="MODEL_REFRESH_SECONDS",
         description="How long an API process trusts what it read about an alias or a model (target, abstain "

@@ -1,4 +1,5 @@
-"""Request-line and header limits, checked before any view runs."""
+"""Request plumbing (app/middleware.py): request-line and header limits checked before any view runs, and the
+headers and access-log line every reply gets."""
 
 import pytest
 from werkzeug.exceptions import BadRequest, RequestHeaderFieldsTooLarge, RequestURITooLarge
@@ -31,3 +32,29 @@ def test_what_is_refused(extra, error):
 def test_server_environment_variables_are_not_counted_as_headers():
     # Granian puts the process environment into the WSGI environ too: only HTTP_* keys are headers.
     check_request_framing(environ(**{f"SOME_VAR_{i}": "x" * 9000 for i in range(200)}))
+
+
+def test_security_headers_fill_in_without_overriding_a_view_and_name_the_route(caplog):
+    """RequestPlumbing adds each security header once, keeps one a view set itself, and logs the URL rule."""
+    import logging
+
+    from flask import Flask
+
+    from app import middleware
+
+    app = Flask(__name__)
+    middleware.init_app(app)
+
+    @app.get("/things/<thing_id>")
+    def thing(thing_id: str):
+        return {"id": thing_id}, 200, {"Cache-Control": "max-age=60"}
+
+    with caplog.at_level(logging.INFO, logger="textclf.access"):
+        resp = app.test_client().get("/things/caf%C3%A9", headers={"X-Request-ID": "req.7"})
+    assert resp.headers.getlist("Cache-Control") == ["max-age=60"]
+    for name, value in middleware.SECURITY_HEADERS.items():
+        if name != "Cache-Control":
+            assert resp.headers.getlist(name) == [value]
+    assert resp.headers.getlist("X-Request-ID") == ["req.7"]
+    (record,) = [r for r in caplog.records if r.name == "textclf.access"]
+    assert (record.route, record.path, record.status) == ("/things/<thing_id>", "/things/café", 200)
