@@ -177,4 +177,4 @@ def test_a_sweep_compares_optimizers_on_an_encoder(db_api, tmp_path: Path):
         spec = api.get(f"/v1/jobs/{child['job_id']}").get_json()["spec"]
         assert (spec["model"]["name"], spec["model"]["base_model"]) == ("encoder", name)
         assert spec["optimizer"]["layer_decay"] == child["params"]["optimizer.layer_decay"]
-        assert spec["optimizer"]["lr"] == (5e-5 if child["params"]["optimizer.name"] == "adamw" else 0.05)
+        assert spec["optimizer"]["lr"] == (1e-4 if child["params"]["optimizer.name"] == "adamw" else 0.05)
