@@ -4,6 +4,7 @@ on loopback, beside MLflow's and BentoML's servers on the same ONNX file:
     python bench/serving.py                                   # TREC, default spec, 10 s per run, ours only
     python bench/serving.py --peers                           # + MLflow and BentoML (installed once, see below)
     python bench/serving.py --mlflow-python /tmp/mlflow-venv/bin/python   # + MLflow from an environment of yours
+    python bench/serving.py --peers --base-model bench/results/base-models/all-minilm-l6-v2   # + the encoder
     python bench/serving.py --quick --dataset tiny --data-dir DIR         # seconds (the e2e test runs this)
 
 One table, a row per server, endpoint and batching, with req/s, p50/p99 and the server's CPU ms per request at 1,
@@ -25,7 +26,9 @@ bench/results/envs/{mlflow,bentoml} with the versions pinned in PEER_PINS (a lat
 or loaded gets `not measured` and the reason in its row, and the run goes on.
 
 The models are trained in this process with the worker's code (the main one with --spec, nine more stopped
-after 20 steps: only their size matters); with --base-model the served model is an encoder. wrk comes from
+after 20 steps: only their size matters). With --base-model FOLDER the same run also installs that base model,
+trains an encoder with --encoder-spec and adds its predict rows (batching on and off) and its texts per request
+against in-process onnxruntime. wrk comes from
 Debian's `wrk` package; without it a threaded Python load generator runs instead (it saturates sooner, so its
 figures are lower bounds).
 """
@@ -443,7 +446,8 @@ def compare_at_64(rows: list[dict]) -> None:
     def at_64(r: dict) -> dict:
         return next(run for run in r["runs"] if run["connections"] == 64)
 
-    ours = {r["batching"]: at_64(r) for r in rows if r["server"] == "ours" and r["batching"] and "runs" in r}
+    ours = {r["batching"]: at_64(r) for r in rows
+            if r["server"] == "ours" and r["endpoint"] == "/v1/predict" and r["batching"] and "runs" in r}
     for r in rows:
         if r["server"] != "ours" and "runs" in r and r["batching"] in ours:
             mine, theirs = ours[r["batching"]], at_64(r)
@@ -462,8 +466,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TEXTCLF_BENCH_DATA", DEFAULT_DATA)))
     parser.add_argument("--spec", default="{}", help="spec fields of the served model as JSON (default spec)")
     parser.add_argument("--base-model", type=Path, default=None,
-                        help="install this base model folder first, for an encoder --spec (e.g. "
-                             "'{\"preset\": \"accurate\", \"max_steps\": 50}'; bench/base_model.py has MiniLM)")
+                        help="install this base model folder and measure an encoder too (bench/base_model.py "
+                             "has MiniLM)")
+    parser.add_argument("--encoder-spec", default='{"preset": "accurate", "max_steps": 50}',
+                        help="spec fields of the encoder with --base-model (only its cost matters: a few steps)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     parser.add_argument("--models", type=int, default=10, help="models loaded for the memory figure")
     parser.add_argument("--workers", type=int, default=2, help="API worker processes (API_WORKERS)")
@@ -510,6 +516,8 @@ def main() -> None:
     for name in PEERS:
         rows += peer_rows(name, getattr(args, f"{name}_python"), args.peers, model_dir, test_texts[0], args.duration,
                           workdir)
+    if args.base_model is not None:
+        rows += measure_encoder(args, settings, env, folder / "train.csv", test_texts, workdir, report)
     compare_at_64(rows)
     report["servers"] = rows
     report["latency"] = latency_by_connections(rows)
@@ -542,20 +550,57 @@ def measure_ours(args, settings, env: dict, train_csv: Path, test_texts: list[st
         rows = [row("ours", "/healthz", None, runs=measure(f"{base}/healthz", None, args.duration, workdir, api.pid)),
                 row("ours", "/v1/predict", "on", runs=measure(predict_url, single, args.duration, workdir, api.pid))]
 
-        report["batches"] = []
-        for size in BATCH_SIZES:
-            texts = (test_texts * (size // len(test_texts) + 1))[:size]
-            served = load(predict_url, 2 * args.workers, args.duration, json.dumps({"texts": texts}), workdir, api.pid)
-            local = in_process_texts_per_s(settings.models_dir / model_ids[0], texts, args.duration)
-            report["batches"].append({"texts_per_request": size, "api_texts_per_s": round(served["rps"] * size, 1),
-                                      "api_p50_ms": served["p50_ms"], "errors": served["errors"],
-                                      "in_process_texts_per_s": round(local, 1),
-                                      "api_vs_in_process": round(served["rps"] * size / local, 3)})
+        report["batches"] = texts_per_request(predict_url, settings.models_dir / model_ids[0], test_texts, args,
+                                              workdir, api.pid)
 
         load_everywhere(base, model_ids, args.workers)
         report["memory"][f"{args.models} models"] = [memory_mib(pid) for pid in workers]
         report["loaded_sessions"] = loaded_sessions(base)
     return model_ids, rows
+
+
+def texts_per_request(predict_url: str, model_dir: Path, test_texts: list[str], args, workdir: Path,
+                      server_pid: int) -> list[dict]:
+    """Texts/s through the API at each of BATCH_SIZES texts per request, against the same predictor in process."""
+    out = []
+    for size in BATCH_SIZES:
+        texts = (test_texts * (size // len(test_texts) + 1))[:size]
+        served = load(predict_url, 2 * args.workers, args.duration, json.dumps({"texts": texts}), workdir, server_pid)
+        local = in_process_texts_per_s(model_dir, texts, args.duration)
+        out.append({"texts_per_request": size, "api_texts_per_s": round(served["rps"] * size, 1),
+                    "api_p50_ms": served["p50_ms"], "errors": served["errors"],
+                    "in_process_texts_per_s": round(local, 1),
+                    "api_vs_in_process": round(served["rps"] * size / local, 3)})
+    return out
+
+
+ENCODER_ENDPOINT = "/v1/models/{id}/predict, encoder"
+
+
+def measure_encoder(args, settings, env: dict, train_csv: Path, test_texts: list[str], workdir: Path,
+                    report: dict) -> list[dict]:
+    """An encoder (--base-model, installed by main; --encoder-spec) on the same data folder: single-text predict
+    with batching on and off (the API restarted between), and its texts per request against in-process
+    onnxruntime (into report["encoder_batches"])."""
+    from app.cli import api_command
+
+    rows, model_id = [], None
+    single = json.dumps({"texts": [test_texts[0]]})
+    for batching in ("on", "off"):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        with serving(api_command("127.0.0.1", port), f"{base}/healthz", workdir / f"api-encoder-{batching}.log",
+                     api_env(env, batching=batching == "on")) as api:
+            if model_id is None:
+                (model_id,) = train_models(base, settings, train_csv, json.loads(args.encoder_spec), 1)
+            load_everywhere(base, [model_id], args.workers)
+            url = f"{base}/v1/models/{model_id}/predict"
+            rows.append(row("ours", ENCODER_ENDPOINT, batching, runs=measure(url, single, args.duration, workdir,
+                                                                              api.pid)))
+            if batching == "on":
+                report["encoder_batches"] = texts_per_request(url, settings.models_dir / model_id, test_texts, args,
+                                                              workdir, api.pid)
+    return rows
 
 
 def measure_ours_unbatched(args, env: dict, model_id: str, text: str, workdir: Path) -> list[dict]:
@@ -609,11 +654,14 @@ def print_table(report: dict) -> None:
         errors = sum(run["errors"] for run in r.get("runs", []))
         if errors:
             print(f"warning: {r['server']} {r['endpoint']} (batching {r['batching']}) had {errors} failed requests")
-    print("\n| texts / request | API texts/s | API p50 ms | in-process texts/s | API / in-process |")
-    print("|---|---|---|---|---|")
-    for b in report["batches"]:
-        print(f"| {b['texts_per_request']} | {b['api_texts_per_s']:,.0f} | {b['api_p50_ms']:.2f} "
-              f"| {b['in_process_texts_per_s']:,.0f} | {b['api_vs_in_process']:.0%} |")
+    for key, model in (("batches", "served model"), ("encoder_batches", "encoder")):
+        if key not in report:
+            continue
+        print(f"\n| texts / request ({model}) | API texts/s | API p50 ms | in-process texts/s | API / in-process |")
+        print("|---|---|---|---|---|")
+        for b in report[key]:
+            print(f"| {b['texts_per_request']} | {b['api_texts_per_s']:,.0f} | {b['api_p50_ms']:.2f} "
+                  f"| {b['in_process_texts_per_s']:,.0f} | {b['api_vs_in_process']:.0%} |")
     print("\n| models loaded | RSS MiB per worker | PSS MiB per worker |")
     print("|---|---|---|")
     for label, rows in report["memory"].items():

@@ -95,16 +95,21 @@ def test_load_script_reports_requests_errors_and_memory(tmp_path: Path):
     assert figures["api_processes"] >= 2 and figures["api_rss_mib_before"] > 0
 
 
-def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path):
+def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path, tiny_bert_dir: Path):
+    """One invocation measures the default model and, with --base-model, an encoder (a tiny BERT here)."""
     tiny_data(tmp_path, "tiny")
     out = tmp_path / "serving.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "serving.py"), "--quick", "--models", "2",
                           "--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--spec", '{"epochs": 1}',
-                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+                          "--base-model", str(tiny_bert_dir), "--encoder-spec", '{"preset": "accurate", "epochs": 1}',
+                          "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(row["server"], row["endpoint"], row["batching"]): row for row in report["servers"]}
-    for ours in (("ours", "/healthz", None), ("ours", "/v1/predict", "on"), ("ours", "/v1/predict", "off")):
+    from bench.serving import ENCODER_ENDPOINT as encoder
+
+    for ours in (("ours", "/healthz", None), ("ours", "/v1/predict", "on"), ("ours", "/v1/predict", "off"),
+                 ("ours", encoder, "on"), ("ours", encoder, "off")):
         runs = rows[ours]["runs"]
         assert [run["connections"] for run in runs] == [1, 16, 64]
         assert all(run["errors"] == 0 and run["rps"] > 0 and run["cpu_ms_per_request"] > 0 for run in runs)
@@ -114,8 +119,11 @@ def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path):
     assert [row["connections"] for row in report["latency"]] == [1, 16, 64]
     assert all(row["predict_batching_off"]["rps"] > 0 for row in report["latency"])
     assert [row["texts_per_request"] for row in report["batches"]] == [1, 32, 256]
-    assert all(row["errors"] == 0 and row["in_process_texts_per_s"] > 0 for row in report["batches"])
+    for key in ("batches", "encoder_batches"):
+        assert [row["texts_per_request"] for row in report[key]] == [1, 32, 256]
+        assert all(row["errors"] == 0 and row["in_process_texts_per_s"] > 0 for row in report[key])
     assert len(report["memory"]["2 models"]) == 2 and report["loaded_sessions"] == 4
+    assert f"| ours | {encoder} | on |" in run.stdout and "| texts / request (encoder) |" in run.stdout
     assert "| ours | /v1/predict | off |" in run.stdout and "| mlflow | /invocations | off | not measured" in run.stdout
 
 
