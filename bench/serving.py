@@ -110,8 +110,10 @@ def _ms(value: str) -> float:
 
 def wrk(url: str, connections: int, seconds: float, body: str | None, workdir: Path) -> dict:
     """req/s, p50 and p99 (ms) and errors from one wrk run (POST with `body` when given)."""
+    # wrk's own timeout (2 s) would count an encoder's 256-text reply as an error and leave it out of the
+    # latency figures.
     cmd = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
-           "--latency"]
+           "--timeout", "60s", "--latency"]
     if body is not None:
         (workdir / "body.json").write_text(body)
         script = workdir / "post.lua"
@@ -119,7 +121,7 @@ def wrk(url: str, connections: int, seconds: float, body: str | None, workdir: P
                           f'local f = io.open("{workdir / "body.json"}", "r")\nwrk.body = f:read("*a")\nf:close()\n')
         cmd += ["-s", str(script)]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))  # "3.86s " (seconds) ends in a space
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
