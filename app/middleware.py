@@ -57,8 +57,9 @@ _EXTRA_HEADERS = tuple((name, value, name.lower()) for name, value in SECURITY_H
 
 class RequestPlumbing:
     """WSGI middleware around the Flask app: the request id, the security headers and the request's metrics and
-    access-log line. At this level they cost a few list operations per request, where Flask's after_request with
-    werkzeug's Headers took about a fifth of a single-text predict's time in the app (bench/README.md)."""
+    access-log line. At this level the headers cost a few list operations per reply, where Flask's after_request
+    with werkzeug's Headers.setdefault cost about 0.03 ms, and /healthz in the app got a third cheaper
+    (bench/README.md)."""
 
     def __init__(self, wsgi_app) -> None:
         self.wsgi_app = wsgi_app

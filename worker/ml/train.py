@@ -495,9 +495,13 @@ def evaluate_logits(logits: np.ndarray, y: np.ndarray) -> dict:
 def _predict_logits(
     model: nn.Module, ids: np.ndarray, mask: np.ndarray, lengths: np.ndarray, min_len: int,
     device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager],
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    after_batch: Callable[[], None] | None = None,
 ) -> np.ndarray:
-    """Logits for every row, float32 [N, C], in eval mode."""
+    """Logits for every row, float32 [N, C], in eval mode; or whatever `forward` (e.g. model.features) returns
+    per row instead of model(x, m). `after_batch` runs after each batch (cancel checks, progress)."""
     model.eval()
+    forward = forward or model
     out = []
     # Shortest texts first, so each batch is padded only to about its own length; results go back in row order.
     by_length = np.argsort(lengths, kind="stable")
@@ -506,7 +510,9 @@ def _predict_logits(
         rows = by_length[start : start + step]
         x, m = _to_device(*_rows(ids, mask, lengths, rows, min_len), device)
         with autocast():
-            out.append(model(x, m).float().cpu())
+            out.append(forward(x, m).float().cpu())
+        if after_batch is not None:
+            after_batch()
     logits = torch.cat(out).numpy()
     restored = np.empty_like(logits)
     restored[by_length] = logits
@@ -741,24 +747,15 @@ class _Loop:
         the training rows (LP-FT, Kumar et al. 2022): a random head's large early gradients would otherwise run
         through the pretrained layers while the head is still wrong. The features come in eval mode (no
         dropout, no random draws), so shuffling and everything after is as with a random head."""
-        model, train, step = self.model, self.data.train, self.model.eval_batch
-        model.eval()
-        features = np.zeros((len(train.y), model.head.in_features), dtype=np.float32)
-        by_length = np.argsort(train.lengths, kind="stable")  # each batch padded only to about its own length
-        for start in range(0, len(by_length), step):
-            rows = by_length[start : start + step]
-            x, m = _to_device(*_rows(train.ids, train.mask, train.lengths, rows, self.data.encoder.min_length),
-                              self.device)
-            with self.autocast():
-                features[rows] = model.features(x, m).float().cpu().numpy()
-            now = time.monotonic()
-            if now - self.last_cancel_check >= CANCEL_CHECK_EVERY_S:
-                self.last_cancel_check = now
-                self.check_stop()
-            if self.on_progress is not None and now - self.last_progress >= PROGRESS_EVERY_S:
-                self.last_progress = now
+        model, train = self.model, self.data.train
+
+        def after_batch() -> None:
+            if self.progress_due() and self.on_progress is not None:
                 self.on_progress({"stage": "probing", "epoch": 0, "total_epochs": self.spec.epochs, "step": 0,
                                   "total_steps": self.total_steps, "percent": 0.0})
+
+        features = _predict_logits(model, train.ids, train.mask, train.lengths, self.data.encoder.min_length,
+                                   self.device, self.autocast, forward=model.features, after_batch=after_batch)
         coef, bias = fit_logistic_regression(features, train.y, num_classes=self.num_classes, c=PROBE_C,
                                              class_weight=self.data.class_weights)
         model.head.weight.copy_(torch.from_numpy(coef).to(model.head.weight))
@@ -779,6 +776,18 @@ class _Loop:
             "eta_seconds": round(elapsed / step * (total_steps - step), 1) if step else None,
             "history": list(self.state.history),
         })
+
+    def progress_due(self) -> bool:
+        """Check for a stop request at most every CANCEL_CHECK_EVERY_S (raises TrainingCancelled); True at most
+        every PROGRESS_EVERY_S, when it is time to report progress."""
+        now = time.monotonic()
+        if now - self.last_cancel_check >= CANCEL_CHECK_EVERY_S:
+            self.last_cancel_check = now
+            self.check_stop()
+        if now - self.last_progress >= PROGRESS_EVERY_S:
+            self.last_progress = now
+            return True
+        return False
 
     def check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -825,12 +834,7 @@ class _Loop:
             seen += len(rows)
             self.state.step += 1
 
-            now = time.monotonic()
-            if now - self.last_cancel_check >= CANCEL_CHECK_EVERY_S:
-                self.last_cancel_check = now
-                self.check_stop()
-            if now - self.last_progress >= PROGRESS_EVERY_S:
-                self.last_progress = now
+            if self.progress_due():
                 # the .item() this check needs is the progress report's sync point anyway
                 check_divergence(loss_sum.item() / seen, self.num_classes,
                                  f"at step {self.state.step} (epoch {epoch})")
