@@ -1,11 +1,12 @@
 """Dynamic batching: concurrent predict requests for one model in one API process become one onnxruntime call.
 
 Granian runs the WSGI app in a pool of threads per process, so requests for the same model overlap. Each one
-queues its texts here; whichever request thread finds the model idle becomes the *leader*: it takes every queued
+queues its texts here; a request thread that finds the model idle becomes the *leader*: it takes every queued
 request (up to PREDICT_MAX_BATCH_TEXTS texts), runs them as one batch and hands each request its own rows, while
-the others wait. There is no batching thread and no hand-off: a request that arrives at an idle model runs at
-once in its own thread, as without batching. Under load, requests queue while a batch runs, so batches grow with
-the load by themselves (continuous batching).
+the others wait; then it hands the lead to the oldest request still queued. There is no batching thread: a
+request that arrives at an idle model runs at once in its own thread, as without batching. Under load, requests
+queue while a batch runs, so batches grow with the load by themselves (continuous batching). Each waiting thread
+is woken alone, when its rows are ready or the lead is its turn.
 
 The wait adapts to load the way BentoML's adaptive batching means it to, with what a process can know for
 sure: a leader waits (at most PREDICT_MAX_WAIT_MS) only while other requests for the same model are already
@@ -39,6 +40,10 @@ class _Request:
     error: BaseException | None = None
     done: bool = False
     taken: bool = False  # in a batch that is running: its deadline no longer takes it out
+    lead: bool = False  # handed the lead: it runs the next batch
+    # Set (after the fields above change) to wake this request's thread alone: one shared condition woke every
+    # waiting thread of the process for each request that queued or finished.
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(eq=False)
@@ -49,10 +54,14 @@ class Batcher:
     max_batch_texts: int = 256
     max_wait_s: float = 0.002
     max_queue: int = 1024
-    _cond: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _queue: deque[_Request] = field(default_factory=deque, init=False)
     _busy: bool = field(default=False, init=False)
     _arriving: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        # Only a leader waiting for requests on their way in waits on this.
+        self._arrivals = threading.Condition(self._lock)
 
     # -- the route's side
 
@@ -67,7 +76,7 @@ class Batcher:
         batch with whatever else is queued. Raises ServiceError 503 when the queue is full or the deadline passes
         first; the batch's own exception if its call failed."""
         request = _Request(texts, deadline, predict_proba)
-        with self._cond:
+        with self._lock:
             if arrival is not None:
                 arrival.queued()
             if len(self._queue) >= self.max_queue:
@@ -75,34 +84,47 @@ class Batcher:
                                    f"({self.max_queue}, PREDICT_MAX_QUEUE); retry shortly.", 503)
             self._queue.append(request)
             metrics.BATCH_QUEUE.inc()
-            while not request.done:
-                if not self._busy:
-                    self._lead()  # returns with the lock held, request possibly done
-                    continue
+            if not self._busy:  # then the queue was empty: this request leads a batch of its own at once
+                self._busy = request.lead = True
+        while not request.done:
+            if request.lead:
+                request.lead = False
+                self._lead()
+                continue
+            if request.taken:
+                request.wake.wait()
+            else:
                 remaining = request.deadline - time.monotonic()
-                if remaining <= 0 and not request.taken:
-                    self._queue.remove(request)
-                    metrics.BATCH_QUEUE.dec()
-                    raise ServiceError(ErrorCode.unavailable, "The prediction waited past its deadline "
-                                       "(PREDICT_TIMEOUT_SECONDS) behind others for this model; retry shortly.", 503)
-                self._cond.wait(timeout=max(remaining, 0.001) if not request.taken else None)
+                if remaining <= 0 or not request.wake.wait(timeout=remaining):
+                    self._give_up(request)
+            # Cleared before the flags are read again: whatever is set after this wakes the next wait.
+            request.wake.clear()
         if request.error is not None:
             raise request.error
         return request.proba
 
-    # -- internals (called with self._cond held)
+    def _give_up(self, request: _Request) -> None:
+        """At its deadline: a request still only queued leaves the queue and fails with 503."""
+        with self._lock:
+            if not (request.taken or request.lead or request.done):
+                self._queue.remove(request)
+                metrics.BATCH_QUEUE.dec()
+                raise ServiceError(ErrorCode.unavailable, "The prediction waited past its deadline "
+                                   "(PREDICT_TIMEOUT_SECONDS) behind others for this model; retry shortly.", 503)
+
+    # -- internals
 
     def _lead(self) -> None:
-        """Take a batch from the queue, run it without the lock, hand out the rows."""
-        self._busy = True
-        try:
+        """Take a batch from the queue, run it without the lock, hand out the rows, then hand the lead to the
+        oldest request still queued (or mark the model idle)."""
+        with self._lock:
             # Adaptive wait: only while requests for this model are already in the route and about to queue.
             wait_until = time.monotonic() + self.max_wait_s
             while self._arriving > 0 and self._queued_texts() < self.max_batch_texts:
                 remaining = wait_until - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(timeout=remaining)
+                self._arrivals.wait(timeout=remaining)
             batch, count = [], 0
             while self._queue and (not batch or count + len(self._queue[0].texts) <= self.max_batch_texts):
                 request = self._queue.popleft()
@@ -110,14 +132,21 @@ class Batcher:
                 batch.append(request)
                 count += len(request.texts)
             metrics.BATCH_QUEUE.dec(len(batch))
-            self._cond.release()
-            try:
-                self._compute(batch, count)
-            finally:
-                self._cond.acquire()
+        try:
+            self._compute(batch, count)
         finally:
-            self._busy = False
-            self._cond.notify_all()
+            for request in batch:
+                if not request.done:  # _compute itself failed (it catches the model's errors)
+                    request.error = ServiceError(ErrorCode.internal, "The prediction batch failed.", 500)
+                    request.done = True
+                request.wake.set()
+            with self._lock:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    self._busy = False
 
     def _queued_texts(self) -> int:
         return sum(len(r.texts) for r in self._queue)
@@ -149,7 +178,7 @@ class _Arrival:
         self.counted = False
 
     def __enter__(self) -> _Arrival:
-        with self.batcher._cond:
+        with self.batcher._lock:
             self.batcher._arriving += 1
             self.counted = True
         return self
@@ -159,9 +188,9 @@ class _Arrival:
         if self.counted:
             self.counted = False
             self.batcher._arriving -= 1
-            self.batcher._cond.notify_all()  # a leader waiting for arrivals looks again
+            self.batcher._arrivals.notify()  # a leader waiting for arrivals looks again
 
     def __exit__(self, *exc: object) -> None:
         if self.counted:
-            with self.batcher._cond:
+            with self.batcher._lock:
                 self.queued()

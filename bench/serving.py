@@ -14,6 +14,8 @@ One table, a row per server, endpoint and batching, with req/s, p50/p99 and the 
 - MLflow: `mlflow models serve -w 2` (/invocations; no batching of its own);
 - BentoML: bench/bentoml_service.py (2 workers), /predict without batching and /predict_batched with BentoML's
   adaptive batching;
+- bare: bench/bare_predict.py under the API's own server command, the same model and nothing else (no framework,
+  validation, auth, metrics or logs): the floor that any service around this model starts from on this machine;
 plus, for each peer row, ours over its req/s and its CPU over ours at 64 connections (ours with the same
 batching). The peers get the token ids our tokenizer makes, so they do only HTTP and the onnxruntime call.
 Then texts/s at 1, 32 and 256 texts per request vs in-process onnxruntime (the same OnnxPredictor, model and
@@ -515,6 +517,7 @@ def main() -> None:
     model_ids, rows = measure_ours(args, settings, env, folder / "train.csv", test_texts, workdir, report)
     rows += measure_ours_unbatched(args, env, model_ids[0], test_texts[0], workdir)
     model_dir = settings.models_dir / model_ids[0]
+    rows += measure_bare(args, settings, env, model_dir, test_texts[0], workdir)
     for name in PEERS:
         rows += peer_rows(name, getattr(args, f"{name}_python"), args.peers, model_dir, test_texts[0], args.duration,
                           workdir)
@@ -619,16 +622,41 @@ def measure_ours_unbatched(args, env: dict, model_id: str, text: str, workdir: P
     return [row("ours", "/v1/predict", "off", runs=runs)]
 
 
+BARE_ENDPOINT = "predict, model only"
+
+
+def measure_bare(args, settings, env: dict, model_dir: Path, text: str, workdir: Path) -> list[dict]:
+    """bench/bare_predict.py on the same model under the API's server command (same workers and threads): what a
+    single-text predict costs with nothing of the service around the tokenizer and onnxruntime."""
+    from app.server import granian_command
+
+    port = free_port()
+    cmd = granian_command(settings, "127.0.0.1", port)
+    cmd[cmd.index("app:create_app")] = "bench.bare_predict:create_app"
+    url = f"http://127.0.0.1:{port}/"
+    body = json.dumps({"texts": [text]})
+    bare_env = {**env, "TEXTCLF_BARE_MODEL_DIR": str(model_dir)}
+    try:
+        with serving(cmd, url, workdir / "bare.log", bare_env) as proc:
+            return [row("bare", BARE_ENDPOINT, None, runs=measure(url, body, args.duration, workdir, proc.pid))]
+    except SERVER_ERRORS as exc:
+        return [row("bare", BARE_ENDPOINT, None, not_measured=f"{type(exc).__name__}: {exc}"[:500])]
+
+
 def latency_by_connections(rows: list[dict]) -> list[dict]:
-    """Our rows by connection count, as serving.json had them before the peers joined the table."""
-    runs = {(r["endpoint"], r["batching"]): r["runs"] for r in rows if r["server"] == "ours"}
+    """Our rows by connection count, as serving.json had them before the peers joined the table, and predict's and
+    the bare app's req/s over /healthz's (the bare app's where it was measured)."""
+    runs = {(r["server"], r["endpoint"], r["batching"]): r["runs"] for r in rows if "runs" in r}
     out = []
     for i, connections in enumerate(CONNECTIONS):
-        floor = runs[("/healthz", None)][i]
-        predict = runs[("/v1/predict", "on")][i]
-        out.append({"connections": connections, "healthz": floor, "predict": predict,
-                    "predict_batching_off": runs[("/v1/predict", "off")][i],
-                    "predict_vs_floor": round(predict["rps"] / floor["rps"], 3)})
+        floor = runs[("ours", "/healthz", None)][i]
+        predict = runs[("ours", "/v1/predict", "on")][i]
+        line = {"connections": connections, "healthz": floor, "predict": predict,
+                "predict_batching_off": runs[("ours", "/v1/predict", "off")][i],
+                "predict_vs_floor": round(predict["rps"] / floor["rps"], 3)}
+        if ("bare", BARE_ENDPOINT, None) in runs:
+            line["bare_vs_floor"] = round(runs[("bare", BARE_ENDPOINT, None)][i]["rps"] / floor["rps"], 3)
+        out.append(line)
     return out
 
 
@@ -652,6 +680,10 @@ def print_table(report: dict) -> None:
             cells += [f"{vs['ours_rps_ratio']:.2f}×", f"{vs['their_cpu_ratio']:.2f}×"] if vs else ["–", "–"]
         print("| " + " | ".join(str(c) for c in cells) + " |")
     print("\nours / it: our predict with the same batching (MLflow has none: ours with it off).")
+    for line in report.get("latency", []):
+        bare = f", the bare app's {line['bare_vs_floor']:.0%}" if "bare_vs_floor" in line else ""
+        print(f"{line['connections']} conn: predict (batching on) at {line['predict_vs_floor']:.0%} of /healthz's req/s"
+              f"{bare}")
     for r in report["servers"]:
         errors = sum(run["errors"] for run in r.get("runs", []))
         if errors:

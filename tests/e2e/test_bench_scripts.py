@@ -106,10 +106,11 @@ def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path, tiny_bert_di
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(row["server"], row["endpoint"], row["batching"]): row for row in report["servers"]}
+    from bench.serving import BARE_ENDPOINT as bare
     from bench.serving import ENCODER_ENDPOINT as encoder
 
     for ours in (("ours", "/healthz", None), ("ours", "/v1/predict", "on"), ("ours", "/v1/predict", "off"),
-                 ("ours", encoder, "on"), ("ours", encoder, "off")):
+                 ("ours", encoder, "on"), ("ours", encoder, "off"), ("bare", bare, None)):
         runs = rows[ours]["runs"]
         assert [run["connections"] for run in runs] == [1, 16, 64]
         assert all(run["errors"] == 0 and run["rps"] > 0 and run["cpu_ms_per_request"] > 0 for run in runs)
@@ -117,13 +118,14 @@ def test_serving_bench_runs_quickly_on_a_tiny_model(tmp_path: Path, tiny_bert_di
                  ("bentoml", "/predict_batched", "on")):
         assert "no --peers" in rows[peer]["not_measured"]  # the peers run only when asked for
     assert [row["connections"] for row in report["latency"]] == [1, 16, 64]
-    assert all(row["predict_batching_off"]["rps"] > 0 for row in report["latency"])
+    assert all(row["predict_batching_off"]["rps"] > 0 and row["bare_vs_floor"] > 0 for row in report["latency"])
     assert [row["texts_per_request"] for row in report["batches"]] == [1, 32, 256]
     for key in ("batches", "encoder_batches"):
         assert [row["texts_per_request"] for row in report[key]] == [1, 32, 256]
         assert all(row["errors"] == 0 and row["in_process_texts_per_s"] > 0 for row in report[key])
     assert len(report["memory"]["2 models"]) == 2 and report["loaded_sessions"] == 4
     assert f"| ours | {encoder} | on |" in run.stdout and "| texts / request (encoder) |" in run.stdout
+    assert f"| bare | {bare} | – |" in run.stdout and "of /healthz's req/s, the bare app's" in run.stdout
     assert "| ours | /v1/predict | off |" in run.stdout and "| mlflow | /invocations | off | not measured" in run.stdout
 
 

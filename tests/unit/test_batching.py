@@ -92,6 +92,28 @@ def test_requests_queued_behind_a_running_batch_run_together_and_get_their_own_r
     assert len(model.calls) == 2 and len(model.calls[1]) == 6  # the three in one call
 
 
+def test_a_waiting_thread_is_woken_only_for_its_rows_or_its_turn_to_lead():
+    model, batcher = Model(), Batcher("m")
+    first = hold_first_batch(batcher, model)
+    waiting = [in_thread(batcher.run, [f"t{i}"], time.monotonic() + LATER, model) for i in range(3)]
+    wait_queued(batcher, 3)
+    wakes = [0, 0, 0]
+    for i, request in enumerate(list(batcher._queue)):
+        def counted(set_=request.wake.set, i=i) -> None:
+            wakes[i] += 1
+            set_()
+        request.wake.set = counted
+    late = in_thread(batcher.run, ["late"], time.monotonic() + LATER, model)
+    wait_queued(batcher, 4)
+    assert wakes == [0, 0, 0]  # another request queueing wakes nobody who waits
+    model.release.set()
+    for request in [first, *waiting, late]:
+        request["thread"].join(LATER)
+        assert "result" in request
+    # The oldest: once to lead the next batch (its own among them), once for its rows; the others: their rows.
+    assert wakes == [2, 1, 1] and len(model.calls) == 2
+
+
 def test_a_batch_holds_at_most_max_batch_texts_unless_one_request_is_larger():
     model, batcher = Model(), Batcher("m", max_batch_texts=4)
     first = hold_first_batch(batcher, model)
