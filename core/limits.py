@@ -22,7 +22,7 @@ from core.db.datasets import records_path
 from core.db.tables import Dataset
 from core.errors import ErrorCode, ServiceError, detail, prefixed
 from core.scripts import script_mix, written_without_spaces
-from core.spec import ModelSpec, TrainingSpec
+from core.spec import ModelSpec, TrainingSpec, with_tokenizer_kind
 
 
 def _linear(n_in: int, n_out: int, bias: bool = True) -> int:
@@ -271,19 +271,20 @@ def resolve_base_model(session: Session, spec: TrainingSpec, loc: tuple = ()
 
 def resolve_tokenizer(spec: TrainingSpec, dataset: Dataset, settings: Settings) -> TrainingSpec:
     """`tokenizer.kind: auto` made concrete from the training dataset's script mix (core/scripts.py); any other
-    kind is the user's choice and stays."""
-    if spec.tokenizer.kind != "auto":
-        return spec
-    mix = dataset.scripts
-    if mix is None:  # uploaded before the mix was recorded: read it off the records once
-        path = records_path(settings, dataset.id)
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return spec  # nothing to train on: the worker fails the job with dataset_missing
-        mix = _records_scripts(path, stat.st_mtime_ns, stat.st_size)
-    kind = "char" if written_without_spaces(mix) else "word"
-    return spec.model_copy(update={"tokenizer": spec.tokenizer.model_copy(update={"kind": kind})})
+    kind is the user's choice and stays. Either way the kind's defaults fill what the spec leaves unset
+    (core/spec.py with_tokenizer_kind)."""
+    kind = spec.tokenizer.kind
+    if kind == "auto":
+        mix = dataset.scripts
+        if mix is None:  # uploaded before the mix was recorded: read it off the records once
+            path = records_path(settings, dataset.id)
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                return spec  # nothing to train on: the worker fails the job with dataset_missing
+            mix = _records_scripts(path, stat.st_mtime_ns, stat.st_size)
+        kind = "char" if written_without_spaces(mix) else "word"
+    return with_tokenizer_kind(spec, kind)
 
 
 @functools.lru_cache(maxsize=64)

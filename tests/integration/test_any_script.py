@@ -173,6 +173,12 @@ def test_chinese_with_brand_names_gets_the_character_tokenizer(db_api):
     assert resp.status_code == 202, resp.get_data(as_text=True)
     assert resp.get_json()["spec"]["tokenizer"] == {"kind": "char", "lowercase": True, "vocab_size": 500,
                                                     "min_frequency": 1, "max_length": 64}
+    # and the character defaults fill the model fields the request left out, shown in the job's spec
+    model = resp.get_json()["spec"]["model"]
+    assert model["filter_sizes"] == [1, 2, 3] and model["tfidf"]["weight"] == 0.7
+    resp = api.post("/v1/jobs", json={"dataset_id": dataset["id"], "model": {"tfidf": {"weight": 0.4}}})
+    model = resp.get_json()["spec"]["model"]
+    assert model["filter_sizes"] == [1, 2, 3] and model["tfidf"]["weight"] == 0.4
 
 
 @pytest.mark.parametrize("kind", ["word", "bpe", "wordpiece"])
@@ -180,6 +186,8 @@ def test_an_explicit_kind_on_chinese_is_kept(db_api, kind):
     api, _ = db_api
     dataset_id = upload(api, zh_csv(), "zh.csv")["id"]
     assert tokenizer_kind(api, dataset_id, tokenizer={"kind": kind}) == kind
+    resp = api.post("/v1/jobs", json={"dataset_id": dataset_id, "tokenizer": {"kind": kind}})
+    assert resp.get_json()["spec"]["model"]["filter_sizes"] == [3, 4, 5]  # the character defaults are char's only
 
 
 def test_a_sweeps_children_get_the_resolved_kind(db_api):

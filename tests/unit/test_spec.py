@@ -3,7 +3,7 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from core.spec import DEFAULT_LR, TrainingSpec
+from core.spec import CHAR_FILTER_SIZES, CHAR_TFIDF_WEIGHT, DEFAULT_LR, TrainingSpec, with_tokenizer_kind
 
 pytestmark = pytest.mark.unit
 
@@ -123,3 +123,26 @@ def test_names_keep_any_visible_unicode():
     name = "modèle «TREC» – 日本語 עברית 😀 v2"
     for model, body in _named_bodies(name):
         assert model.model_validate(body).name == name
+
+
+def test_char_text_gets_character_defaults_where_the_spec_is_silent():
+    plain = with_tokenizer_kind(spec(), "char")
+    assert plain.tokenizer.kind == "char" and plain.model.filter_sizes == CHAR_FILTER_SIZES == (1, 2, 3)
+    assert plain.model.tfidf.weight == CHAR_TFIDF_WEIGHT == 0.7
+    assert with_tokenizer_kind(plain, "char") == plain  # applying it again changes nothing
+    # What a spec or preset sets is kept, and the rest of a section it touches still gets the default.
+    own = with_tokenizer_kind(spec(model={"filter_sizes": [2, 4], "tfidf": {"c": 3.0}}), "char")
+    assert own.model.filter_sizes == (2, 4) and own.model.tfidf.weight == 0.7 and own.model.tfidf.c == 3.0
+    chosen = with_tokenizer_kind(spec(model={"tfidf": {"weight": None}}), "char")
+    assert chosen.model.tfidf.weight is None and chosen.model.filter_sizes == (1, 2, 3)
+    fast = with_tokenizer_kind(spec(preset="fast"), "char")
+    assert fast.model.tfidf.weight == 0.85 and fast.model.filter_sizes == (3, 4, 5)  # fasttext: no convolutions
+    assert with_tokenizer_kind(spec(model={"tfidf": None}), "char").model.tfidf is None
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe", "wordpiece"])
+def test_other_kinds_change_nothing_but_the_kind(kind):
+    before = spec()
+    after = with_tokenizer_kind(before, kind)
+    assert after.tokenizer.kind == kind
+    assert after.model_dump(exclude={"tokenizer"}) == before.model_dump(exclude={"tokenizer"})

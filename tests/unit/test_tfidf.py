@@ -214,3 +214,17 @@ def test_a_warm_started_fit_reaches_the_same_optimum():
     np.testing.assert_array_equal(cold.columns, warm.columns)
     np.testing.assert_allclose(warm.coef, cold.coef, atol=2e-3)
     np.testing.assert_allclose(warm.bias, cold.bias, atol=2e-3)
+
+
+def test_a_caller_leaving_the_kind_auto_gets_the_character_defaults_on_chinese_text():
+    """The benchmarks call train() with tokenizer.kind auto, which the API would have resolved: the same kind
+    and defaults apply (core/spec.py with_tokenizer_kind)."""
+    rng = np.random.default_rng(0)
+    sport, food = "足球比赛冠军球队进球", "美食餐厅味道好吃米饭"
+    texts = ["".join(rng.choice(list(sport if i % 2 else food), 8)) for i in range(80)]
+    labels = ["体育" if i % 2 else "美食" for i in range(80)]
+    spec = TrainingSpec.model_validate({"dataset_id": str(uuid.uuid4()), "epochs": 1, "device": "cpu",
+                                        "model": {"embedding_dim": 16, "num_filters": 8}})
+    result = train(spec, texts, labels, label_names=["体育", "美食"], device=CPU)
+    assert result.model.weight == 0.7 and result.metrics["tfidf_weight"] == 0.7
+    assert [conv.kernel_size[0] for conv in result.model.network.convs] == [1, 2, 3]

@@ -28,8 +28,8 @@ from scipy.special import softmax
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from core.ml.tokenizer import PAD_ID, UNK_ID, TextEncoder, fit_tokenizer
-from core.spec import AugmentSpec, OptimizerSpec, SchedulerSpec, TfidfSpec, TrainingSpec
+from core.ml.tokenizer import PAD_ID, UNK_ID, TextEncoder, fit_tokenizer, resolve_kind
+from core.spec import AugmentSpec, OptimizerSpec, SchedulerSpec, TfidfSpec, TrainingSpec, with_tokenizer_kind
 from worker.ml.checkpoint import CheckpointStore
 from worker.ml.model import Blend, build_model
 from worker.ml.tfidf import fit_logistic_regression, fit_tfidf
@@ -928,6 +928,10 @@ def train(
     validation rows it was selected on, for the caller's parity check and evaluation.
     """
     t0 = time.monotonic()
+    if spec.tokenizer.kind == "auto" and spec.model.name != "encoder":
+        # The API resolves `auto` when it accepts a job (core/limits.py); a caller here that did not (the
+        # benchmarks) gets the same kind, from the same texts, with the same defaults.
+        spec = with_tokenizer_kind(spec, resolve_kind("auto", texts))
     saved = checkpoint.load() if checkpoint is not None else None
     random.seed(spec.seed)
     np.random.seed(spec.seed)
