@@ -50,6 +50,14 @@ def _files_state(folder: Path) -> tuple:
     return tuple(out)
 
 
+def onnx_threads(settings: Settings) -> int:
+    """onnxruntime intra-op threads per model in one API process: ORT_INTRA_OP_THREADS, else the cores shared
+    between the API's worker processes (spinning threads would fight each other)."""
+    if settings.ort_intra_op_threads:
+        return settings.ort_intra_op_threads
+    return max(1, len(os.sched_getaffinity(0)) // settings.api_workers)
+
+
 class PredictorCache:
     """Least-recently-used predictors keyed by model id; loading happens outside the lock's fast path."""
 
@@ -65,11 +73,6 @@ class PredictorCache:
         # files change (a corrupt model would otherwise cost a load, and a logged traceback, per request).
         self._failed: dict[uuid.UUID, tuple] = {}
 
-    def _threads(self) -> int:
-        # Share the cores between the API's worker processes; spinning threads would fight each other.
-        if self.settings.ort_intra_op_threads:
-            return self.settings.ort_intra_op_threads
-        return max(1, len(os.sched_getaffinity(0)) // self.settings.api_workers)
 
     def get(self, model_id: uuid.UUID) -> OnnxPredictor:
         """The predictor for `model_id`, loaded and warmed on first use. Raises ModelUnavailable."""
@@ -88,7 +91,7 @@ class PredictorCache:
             if self._failed.get(model_id) == files:
                 raise ModelUnavailable(model_id)
             try:
-                predictor = OnnxPredictor(folder, intra_op_threads=self._threads())
+                predictor = OnnxPredictor(folder, intra_op_threads=onnx_threads(self.settings))
                 predictor.warm_up()
             except Exception as exc:  # missing, truncated or garbage files: onnxruntime and tokenizers raise many
                 log.error("cannot load model %s from %s: %s", model_id, folder, exc, exc_info=True)

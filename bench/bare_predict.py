@@ -16,14 +16,14 @@ import json
 import os
 from pathlib import Path
 
+from app.serving import onnx_threads
+from core.config import get_settings
 from core.ml.predictor import OnnxPredictor
 
 
 def create_app():
     model_dir = Path(os.environ["TEXTCLF_BARE_MODEL_DIR"])
-    # The API's share of the cores per worker (app/serving.py PredictorCache._threads).
-    threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("API_WORKERS", "1")))
-    predictor = OnnxPredictor(model_dir, intra_op_threads=threads)
+    predictor = OnnxPredictor(model_dir, intra_op_threads=onnx_threads(get_settings()))  # as the API's workers
     predictor.warm_up()
 
     def app(environ, start_response):

@@ -928,10 +928,10 @@ def train(
     validation rows it was selected on, for the caller's parity check and evaluation.
     """
     t0 = time.monotonic()
-    if spec.tokenizer.kind == "auto" and spec.model.name != "encoder":
-        # The API resolves `auto` when it accepts a job (core/limits.py); a caller here that did not (the
-        # benchmarks) gets the same kind, from the same texts, with the same defaults.
-        spec = with_tokenizer_kind(spec, resolve_kind("auto", texts))
+    if spec.model.name != "encoder":
+        # The API resolves the kind and its defaults when it accepts a job (core/limits.py), so for its specs this
+        # changes nothing; a caller that did not (the benchmarks) gets the same, from the same texts.
+        spec = with_tokenizer_kind(spec, resolve_kind(spec.tokenizer.kind, texts))
     saved = checkpoint.load() if checkpoint is not None else None
     random.seed(spec.seed)
     np.random.seed(spec.seed)
