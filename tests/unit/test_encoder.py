@@ -61,7 +61,7 @@ def test_the_accurate_preset_is_an_encoder_fine_tune():
     s = spec(preset="accurate")
     assert (s.model.name, s.model.pooling, s.model.tfidf, s.model.base_model) == ("encoder", "mean", None, None)
     assert (s.optimizer.name, s.optimizer.lr, s.optimizer.weight_decay) == ("adamw", 1e-4, 0.01)
-    assert (s.scheduler.name, s.scheduler.warmup_ratio, s.grad_clip, s.epochs) == ("linear_warmup", 0.1, 1.0, 3)
+    assert (s.scheduler.name, s.scheduler.warmup_ratio, s.grad_clip, s.epochs) == ("linear_warmup", 0.1, 1.0, 4)
     assert s.tokenizer.max_length == 128 and s.model.head_init == "probe"
     # the user's fields win over the preset's
     assert spec(preset="accurate", model={"pooling": "cls", "base_model": "minilm"}).model.pooling == "cls"
