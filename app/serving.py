@@ -73,7 +73,6 @@ class PredictorCache:
         # files change (a corrupt model would otherwise cost a load, and a logged traceback, per request).
         self._failed: dict[uuid.UUID, tuple] = {}
 
-
     def get(self, model_id: uuid.UUID) -> OnnxPredictor:
         """The predictor for `model_id`, loaded and warmed on first use. Raises ModelUnavailable."""
         with self._lock:
